@@ -1,0 +1,40 @@
+"""Test settings: offline Hub, no analytics, headless matplotlib; tiny models and shared fixtures."""
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+os.environ.setdefault("MPLBACKEND", "Agg")
+os.environ.pop("WMOE_BACKBONE_WEIGHTS", None)
+
+from pathlib import Path  # noqa: E402
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    if not SHARED_DATA.is_dir():
+        pytest.skip("../shared/data is absent")
+    return SHARED_DATA
+
+
+def randomize_heads(model, seed: int = 0, std: float = 0.05):
+    """Give every learned parameter non-trivial values (zero-initialised modules are identities)."""
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in model.head_parameters().values():
+            p.add_(torch.randn(p.shape, generator=gen) * std)
+    return model
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tmp_path_factory) -> Path:
+    """An untrained tiny checkpoint with perturbed heads, saved once per session."""
+    from wmoe import WMoECLIP, WMoEConfig, save_pretrained
+
+    directory = tmp_path_factory.mktemp("tiny-ckpt")
+    save_pretrained(randomize_heads(WMoECLIP(WMoEConfig.tiny())), directory)
+    return directory

@@ -1,0 +1,106 @@
+"""Detector and Prediction: the public inference API."""
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from wmoe import Detector, ImageError, Prediction
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def detector(tiny_checkpoint):
+    return Detector.from_pretrained(tiny_checkpoint)
+
+
+@pytest.fixture(scope="module")
+def image():
+    return Image.fromarray((np.random.default_rng(3).random((45, 120, 3)) * 255).astype(np.uint8))
+
+
+def test_prediction_fields(detector, image):
+    p = detector.predict(image, "bottle")
+    E, L = detector.config.num_experts, len(detector.config.layers)
+    assert isinstance(p, Prediction) and 0 <= p.score <= 1
+    assert p.anomaly_map.shape == (45, 120) and p.anomaly_map.dtype == np.float32
+    assert 0 <= p.anomaly_map.min() and p.anomaly_map.max() <= 1
+    assert p.layer_maps.shape == (L, 45, 120)
+    assert p.expert_weights.shape == p.expert_scores.shape == (E,)
+    assert p.expert_weights.sum() == pytest.approx(1.0, abs=1e-5)
+    assert p.expert_maps.shape == (E, 45, 120)
+    assert p.uncertainty_map is None
+    assert {"preprocess", "backbone", "text", "wcma", "maps", "moe", "postprocess"} <= set(p.timings)
+    json.dumps(p.to_dict())
+
+
+def test_inputs_path_pil_numpy_agree(detector, image, tmp_path):
+    image.save(tmp_path / "x.png")
+    a = detector.predict(image, "bottle")
+    b = detector.predict(tmp_path / "x.png", "bottle")
+    c = detector.predict(np.asarray(image), "bottle")
+    d = detector.predict(np.asarray(image) / 255.0, "bottle")
+    assert a.score == b.score == c.score
+    assert d.score == pytest.approx(a.score, abs=1e-3)
+
+
+def test_batch_equals_single(detector, image):
+    other = image.transpose(Image.FLIP_LEFT_RIGHT).resize((64, 64))
+    batch = detector.predict_batch([image, other], ["bottle", "screw"])
+    single = [detector.predict(image, "bottle"), detector.predict(other, "screw")]
+    for b, s in zip(batch, single):
+        assert b.score == pytest.approx(s.score, abs=1e-5)
+        np.testing.assert_allclose(b.anomaly_map, s.anomaly_map, atol=1e-5)
+    assert batch[1].anomaly_map.shape == (64, 64)
+
+
+def test_uncertainty_map_on_request(detector, image):
+    p = detector.predict_batch([image], "bottle", ctds_samples=4)[0]
+    assert p.uncertainty_map.shape == (45, 120) and p.uncertainty_map.max() > 0
+
+
+def test_bf16_close_to_fp32(tiny_checkpoint, image):
+    fp32 = Detector.from_pretrained(tiny_checkpoint).predict(image, "bottle")
+    bf16 = Detector.from_pretrained(tiny_checkpoint, dtype="bf16").predict(image, "bottle")
+    assert np.abs(fp32.anomaly_map - bf16.anomaly_map).max() < 0.1
+    assert bf16.score == pytest.approx(fp32.score, abs=0.1)
+
+
+def test_device_is_chosen_automatically(detector):
+    assert detector.device.type == ("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def test_class_name_cleanup(detector, image):
+    assert detector.predict(image, "   ").notes == ["no class name given: used 'object'"]
+    long = detector.predict(image, "bolt " * 2000)
+    assert any("cut to fit" in n for n in long.notes)
+    assert detector.predict(image, "  metal   nut ").class_name == "metal nut"
+
+
+def test_bad_image_message(detector, tmp_path):
+    (tmp_path / "empty.png").write_bytes(b"")
+    with pytest.raises(ImageError, match="empty"):
+        detector.predict(tmp_path / "empty.png")
+
+
+def test_cli_make_tiny_and_predict(tmp_path, image):
+    image.save(tmp_path / "some.png")
+    run = lambda *a: subprocess.run([sys.executable, "-m", "wmoe", *a], cwd=tmp_path, capture_output=True,  # noqa: E731
+                                    text=True, timeout=180, env={**__import__("os").environ, "PYTHONPATH": str(REPO)})
+    made = run("make-tiny", "tiny-ckpt")
+    assert made.returncode == 0, made.stderr
+    out = run("predict", "some.png", "missing.png", "--class", "bottle", "--checkpoint", "tiny-ckpt", "--out", "out")
+    assert out.returncode == 1  # one image could not be read
+    assert "missing.png: no such file" in out.stderr and "Traceback" not in out.stderr
+    line = json.loads(out.stdout.strip().splitlines()[-1])
+    assert line["path"] == "some.png" and line["class_name"] == "bottle" and len(line["expert_weights"]) == 4
+    overlay = Image.open(tmp_path / "out" / "some_overlay.png")
+    assert overlay.size == image.size
+    assert (tmp_path / "out" / "predictions.jsonl").read_text().strip() == out.stdout.strip()
+    bad = run("predict", "some.png", "--checkpoint", "nowhere/none")
+    assert bad.returncode == 2 and bad.stderr.startswith("error: ") and "Traceback" not in bad.stderr

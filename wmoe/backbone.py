@@ -1,0 +1,112 @@
+"""The frozen open_clip backbone: weights resolved by name, patch tokens tapped at several layers.
+
+paper: a frozen CLIP. ours: taps at the configured blocks, each passed through ln_post and the
+visual projection into the joint space (the AnomalyCLIP convention); text tower run on embeddings.
+"""
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+import open_clip
+import torch
+from torch import nn
+
+from .config import ConfigError, WMoEConfig
+from .hub import WeightsNotFoundError, cached_or_download
+
+MODEL_CONFIG_DIR = Path(__file__).parent / "model_configs"
+open_clip.add_model_config(MODEL_CONFIG_DIR)  # registers wmoe-tiny with open_clip's factory
+HUB_WEIGHT_FILES = ["open_clip_model.safetensors", "open_clip_pytorch_model.bin"]
+
+
+def resolve_backbone_weights(config: WMoEConfig) -> tuple[str | None, bool]:
+    """(weights file or None for random weights, whether the tag needs QuickGELU)."""
+    local = config.backbone_weights or os.environ.get("WMOE_BACKBONE_WEIGHTS")
+    if local:
+        if not Path(local).is_file():
+            raise WeightsNotFoundError(f"backbone weights file {local} (from the config's backbone_weights "
+                                       "or WMOE_BACKBONE_WEIGHTS) does not exist")
+        pcfg = open_clip.get_pretrained_cfg(config.backbone, config.pretrained or "") or {}
+        return local, bool(pcfg.get("quick_gelu", False))
+    if config.pretrained is None:
+        return None, False
+    pcfg = open_clip.get_pretrained_cfg(config.backbone, config.pretrained)
+    if not pcfg:
+        tags = open_clip.list_pretrained_tags_by_model(config.backbone)
+        raise ConfigError(f"open_clip has no pretrained tag {config.pretrained!r} for {config.backbone}; known: {tags}")
+    quick_gelu = bool(pcfg.get("quick_gelu", False))
+    if "hf_hub" not in pcfg:
+        raise ConfigError(f"{config.backbone}/{config.pretrained} has no Hugging Face Hub entry in open_clip; "
+                          "download its weights and name the file in WMOE_BACKBONE_WEIGHTS")
+    repo_id, filename = os.path.split(pcfg["hf_hub"])  # "org/name/" means open_clip's default file names
+    files = [filename] if filename else HUB_WEIGHT_FILES
+    fix = (f"Supply the {config.backbone} '{config.pretrained}' weights: run once with network access "
+           f"(`hf download {repo_id} {files[0]}`), or set WMOE_BACKBONE_WEIGHTS to a local open_clip weights file.")
+    return cached_or_download(repo_id, files, how_to_fix=fix), quick_gelu
+
+
+class Backbone(nn.Module):
+    """Frozen open_clip CLIP; `encode_image` gives the global embedding and per-layer patch tokens."""
+
+    def __init__(self, config: WMoEConfig, load_weights: bool = True):
+        super().__init__()
+        weights, quick_gelu = resolve_backbone_weights(config) if load_weights else (None, False)
+        if config.backbone not in open_clip.list_models():
+            raise ConfigError(f"unknown open_clip backbone {config.backbone!r}; see open_clip.list_models()")
+        torch.manual_seed(config.seed)
+        quiet = logging.getLogger()
+        level = quiet.level
+        quiet.setLevel(logging.ERROR)  # open_clip warns "no pretrained weights" for random backbones
+        try:
+            self.clip = open_clip.create_model(config.backbone, pretrained=weights, force_image_size=config.image_size,
+                                               force_quick_gelu=quick_gelu)
+        finally:
+            quiet.setLevel(level)
+        self.tokenizer = open_clip.get_tokenizer(config.backbone)
+        self.clip.requires_grad_(False)
+        self.clip.eval()
+        visual = self.clip.visual
+        depth = len(visual.transformer.resblocks)
+        if max(config.layers) > depth:
+            raise ConfigError(f"layers {config.layers} exceed the {depth} blocks of {config.backbone}")
+        self.layer_indices = [i - 1 for i in config.layers]
+        self.grid = tuple(visual.grid_size)
+        self.embed_dim = self.clip.text_projection.shape[-1]
+        self.text_width = self.clip.token_embedding.weight.shape[-1]
+        self.context_length = self.clip.context_length
+        self.mean = tuple(visual.preprocess_cfg.get("mean", open_clip.OPENAI_DATASET_MEAN))
+        self.std = tuple(visual.preprocess_cfg.get("std", open_clip.OPENAI_DATASET_STD))
+
+    def train(self, mode: bool = True):
+        """The backbone is frozen: it stays in eval mode whatever the parent does."""
+        return super().train(False)
+
+    def encode_image(self, images: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """(global embedding (B, D), [patch tokens (B, N, D) per tapped layer]) in the joint space."""
+        visual = self.clip.visual
+        out = visual.forward_intermediates(images, indices=self.layer_indices, output_fmt="NLC")
+        taps = [visual.ln_post(t) @ visual.proj for t in out["image_intermediates"]]
+        return out["image_features"], taps
+
+    def embed_tokens(self, ids: torch.Tensor) -> torch.Tensor:
+        """Token plus position embeddings for token ids (S, T)."""
+        return self.clip.token_embedding(ids) + self.clip.positional_embedding[: ids.shape[1]]
+
+    def encode_text_embeddings(self, x: torch.Tensor, eot: torch.Tensor) -> torch.Tensor:
+        """Text tower on embeddings (S, T, W); features at the end-of-text positions eot (S,) -> (S, D).
+
+        T may be shorter than the context length: the causal mask means tokens after the
+        end-of-text token never change its output, so we run only up to the longest prompt.
+        """
+        T = x.shape[1]
+        x = self.clip.transformer(x, attn_mask=self.clip.attn_mask[:T, :T])
+        x = self.clip.ln_final(x)
+        x = x[torch.arange(x.shape[0], device=x.device), eot]
+        return x @ self.clip.text_projection
+
+    def encode_text(self, texts: list[str]) -> torch.Tensor:
+        """Plain CLIP text features for a list of strings (used by tests and the baseline)."""
+        ids = self.tokenizer(texts).to(self.clip.token_embedding.weight.device)
+        return self.encode_text_embeddings(self.embed_tokens(ids), ids.argmax(dim=-1))

@@ -1,0 +1,150 @@
+"""Checkpoints: config.json + model.safetensors (+ a model card), from a folder or the Hub.
+
+Only the learned heads are saved; the backbone is resolved by name through open_clip, except a
+random backbone (tiny test configs), whose weights are saved too. Never pickle.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+from datetime import datetime, timezone
+from pathlib import Path
+
+import torch
+from huggingface_hub import snapshot_download
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from .config import CONFIG_NAME, ConfigError, WMoEConfig
+from .hub import WeightsNotFoundError, unavailable_reason
+from .model import WMoECLIP
+
+WEIGHTS_NAME = "model.safetensors"
+CARD_NAME = "README.md"
+REPO_ID = re.compile(r"^[\w.-]+/[\w.-]+$")
+
+
+class CheckpointError(ValueError):
+    """A checkpoint folder or file that cannot be loaded; the message names the file and the problem."""
+
+
+def includes_backbone(config: WMoEConfig) -> bool:
+    """A backbone that cannot be loaded by name (random weights) travels inside the checkpoint."""
+    return config.pretrained is None and config.backbone_weights is None
+
+
+def save_pretrained(model: WMoECLIP, directory: str | Path, info: dict | None = None) -> Path:
+    """Write config.json, model.safetensors and README.md into `directory` (created if needed)."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    config = model.config
+    state = {n: p.detach() for n, p in model.head_parameters().items()}
+    if includes_backbone(config):
+        state.update({f"backbone.{k}": v for k, v in model.backbone.state_dict().items()})
+    state = {k: v.to("cpu", torch.float32).contiguous() for k, v in state.items()}
+    info = {"trained": False, **(info or {}), "saved": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+    save_file(state, str(directory / WEIGHTS_NAME), metadata={"format": "pt", "wmoe_format": "1"})
+    config.save(directory, info)
+    (directory / CARD_NAME).write_text(model_card(config, info))
+    return directory
+
+
+def model_card(config: WMoEConfig, info: dict) -> str:
+    trained = "trained" if info.get("trained") else "UNTRAINED (random heads: for tests and demos of the plumbing only)"
+    modules = ", ".join(m for m, on in [("CTDS", config.use_ctds), ("WCMA", config.use_wcma), ("SA-MoE", config.use_moe),
+                                          ("patch projection", config.use_projection)] if on) or "none"
+    return f"""---
+library_name: wmoe
+tags: [anomaly-detection, zero-shot, clip, mixture-of-experts]
+---
+# WMoE-CLIP checkpoint
+
+Zero-shot anomaly detection (WMoE-CLIP: wavelet-enhanced mixture-of-experts prompt learning).
+Status: {trained}.
+
+- Backbone: open_clip `{config.backbone}` ({config.pretrained or 'random weights, stored here'}), {config.image_size} px, layers {list(config.layers)}
+- Modules: {modules}; {config.num_experts} experts
+- Training: {json.dumps({k: v for k, v in info.items() if k != 'saved'})}
+
+```python
+from wmoe import Detector
+detector = Detector.from_pretrained("path/or/repo-id")
+prediction = detector.predict("image.png", class_name="bottle")
+```
+"""
+
+
+def resolve_checkpoint(path_or_repo_id: str | os.PathLike, revision: str | None = None) -> Path:
+    """A local folder as is; an `org/name` repo id through the Hub cache (offline-aware, never hangs)."""
+    path = Path(path_or_repo_id)
+    if path.exists():
+        if not (path / CONFIG_NAME).is_file():
+            raise CheckpointError(f"{path}: no {CONFIG_NAME} there; is it a WMoE-CLIP checkpoint folder?")
+        return path
+    repo_id = str(path_or_repo_id)
+    if not REPO_ID.match(repo_id):
+        raise CheckpointError(f"{repo_id}: no such folder, and not a Hub repo id of the form 'org/name'")
+    patterns = [CONFIG_NAME, WEIGHTS_NAME, CARD_NAME]
+    try:
+        return Path(snapshot_download(repo_id, revision=revision, allow_patterns=patterns, local_files_only=True))
+    except Exception:  # not cached (or not this revision): go online if we can
+        pass
+    reason = unavailable_reason()
+    if reason:
+        raise WeightsNotFoundError(f"checkpoint {repo_id}{'@' + revision if revision else ''} is not in the local Hub cache "
+                                   f"and {reason}; download it once with network access or pass a local folder")
+    return Path(snapshot_download(repo_id, revision=revision, allow_patterns=patterns))
+
+
+def load_model(path_or_repo_id: str | os.PathLike, revision: str | None = None,
+               backbone=None) -> tuple[WMoECLIP, dict]:
+    """Build the model described by a checkpoint and load its weights; returns (model, info)."""
+    directory = resolve_checkpoint(path_or_repo_id, revision)
+    config, info = WMoEConfig.load(directory / CONFIG_NAME)
+    weights = directory / WEIGHTS_NAME
+    if not weights.is_file():
+        raise CheckpointError(f"{weights}: missing")
+    try:
+        state = load_file(str(weights))
+    except (SafetensorError, OSError, ValueError) as e:
+        raise CheckpointError(f"{weights}: not a readable safetensors file ({e})") from e
+    model = WMoECLIP(config, backbone=backbone, load_backbone_weights=not includes_backbone(config))
+    expected = {n: p.shape for n, p in model.head_parameters().items()}
+    if includes_backbone(config) and backbone is None:
+        expected.update({f"backbone.{k}": v.shape for k, v in model.backbone.state_dict().items()})
+    problems = []
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    if missing:
+        problems.append(f"missing tensors {_few(missing)}")
+    if unexpected:
+        problems.append(f"unexpected tensors {_few(unexpected)}")
+    for name in sorted(set(expected) & set(state)):
+        if tuple(state[name].shape) != tuple(expected[name]):
+            problems.append(f"{name} has shape {tuple(state[name].shape)}, the config needs {tuple(expected[name])}")
+    if problems:
+        raise CheckpointError(f"{weights} does not match {directory / CONFIG_NAME} "
+                              f"(backbone {config.backbone}): " + "; ".join(problems[:5]))
+    model.load_state_dict({k: v for k, v in state.items() if k in expected}, strict=False)
+    return model, info
+
+
+def push_to_hub(directory: str | Path, repo_id: str, private: bool = False, token: str | None = None) -> str:
+    """Publish a saved checkpoint folder as a Hub model repo; returns the commit URL."""
+    from huggingface_hub import HfApi
+
+    directory = Path(directory)
+    for name in (CONFIG_NAME, WEIGHTS_NAME):
+        if not (directory / name).is_file():
+            raise CheckpointError(f"{directory / name}: missing; save the model with save_pretrained first")
+    api = HfApi(token=token)
+    api.create_repo(repo_id, private=private, exist_ok=True)
+    return str(api.upload_folder(folder_path=str(directory), repo_id=repo_id, commit_message="Upload WMoE-CLIP checkpoint"))
+
+
+def _few(names: list[str]) -> str:
+    return ", ".join(names[:4]) + (f" and {len(names) - 4} more" if len(names) > 4 else "")
+
+
+__all__ = ["CheckpointError", "ConfigError", "load_model", "push_to_hub", "resolve_checkpoint", "save_pretrained"]

@@ -1,0 +1,144 @@
+"""Detector: the one way to get predictions. Model built once; images in, `Prediction`s out."""
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .checkpoint import load_model, save_pretrained
+from .model import WMoECLIP
+from .preprocess import load_image, to_tensor
+from .prompts import DEFAULT_CLASS
+
+DTYPES = {"fp32": torch.float32, "float32": torch.float32, "bf16": torch.bfloat16, "bfloat16": torch.bfloat16,
+          "fp16": torch.float16, "float16": torch.float16}
+
+
+@dataclass
+class Prediction:
+    """What the model says about one image; every map is float32 at the image's own height x width."""
+
+    score: float  # image anomaly score in [0, 1]
+    anomaly_map: np.ndarray  # (H, W) abnormal probability in [0, 1]
+    layer_maps: np.ndarray  # (L, H, W)
+    cls_score: float  # global embedding vs the prompts alone
+    class_name: str
+    expert_weights: np.ndarray | None = None  # (E,) routing weights, sum to 1
+    expert_scores: np.ndarray | None = None  # (E,) in [0, 1]
+    expert_maps: np.ndarray | None = None  # (E, H, W) each expert's attention, scaled to max 1
+    moe_score: float | None = None
+    uncertainty_map: np.ndarray | None = None  # (H, W) when CTDS sampling was asked for
+    timings: dict[str, float] = field(default_factory=dict)  # seconds per stage
+    notes: list[str] = field(default_factory=list)  # what was adjusted in the input, in plain words
+
+    def to_dict(self) -> dict:
+        """A JSON-ready summary (no maps)."""
+        arr = lambda a: None if a is None else [round(float(v), 6) for v in a]  # noqa: E731
+        return {"score": round(self.score, 6), "cls_score": round(self.cls_score, 6),
+                "moe_score": None if self.moe_score is None else round(self.moe_score, 6),
+                "class_name": self.class_name, "expert_weights": arr(self.expert_weights),
+                "expert_scores": arr(self.expert_scores), "image_size": list(self.anomaly_map.shape),
+                "timings": {k: round(v, 4) for k, v in self.timings.items()}, "notes": self.notes}
+
+
+def default_device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+class Detector:
+    """Wraps a WMoECLIP model: preprocessing, autocast, resizing the maps back, numpy results."""
+
+    def __init__(self, model: WMoECLIP, device: str | torch.device | None = None, dtype: str | torch.dtype | None = None,
+                 info: dict | None = None, ctds_samples: int = 0):
+        self.device = torch.device(device) if device else default_device()
+        self.dtype = DTYPES[dtype] if isinstance(dtype, str) else (dtype or torch.float32)
+        self.model = model.to(self.device).eval()
+        self.config = model.config
+        self.info = info or {}
+        self.ctds_samples = ctds_samples
+
+    @classmethod
+    def from_pretrained(cls, path_or_repo_id: str | os.PathLike, revision: str | None = None,
+                        device: str | torch.device | None = None, dtype: str | torch.dtype | None = None,
+                        **kwargs) -> Detector:
+        """Load a checkpoint folder or Hub repo id (revision pinnable; honours HF_HUB_OFFLINE, HF_HOME)."""
+        model, info = load_model(path_or_repo_id, revision=revision)
+        return cls(model, device=device, dtype=dtype, info=info, **kwargs)
+
+    def save_pretrained(self, directory, info: dict | None = None):
+        return save_pretrained(self.model, directory, {**self.info, **(info or {})})
+
+    def push_to_hub(self, repo_id: str, private: bool = False, token: str | None = None) -> str:
+        import tempfile
+
+        from .checkpoint import push_to_hub
+        with tempfile.TemporaryDirectory() as tmp:
+            self.save_pretrained(tmp)
+            return push_to_hub(tmp, repo_id, private=private, token=token)
+
+    @property
+    def trained(self) -> bool:
+        return bool(self.info.get("trained"))
+
+    def predict(self, image, class_name: str = DEFAULT_CLASS, **kwargs) -> Prediction:
+        """One image (path, bytes, PIL image or numpy array) and the name of the object in it."""
+        return self.predict_batch([image], [class_name], **kwargs)[0]
+
+    @torch.inference_mode()
+    def predict_batch(self, images: Sequence, class_names: str | Sequence[str] = DEFAULT_CLASS, *,
+                      skip: frozenset[str] = frozenset(), ctds_samples: int | None = None) -> list[Prediction]:
+        """Several images through one backbone batch; class_names is one name for all, or one per image."""
+        names = [class_names] * len(images) if isinstance(class_names, str) else list(class_names)
+        if len(names) != len(images):
+            raise ValueError(f"{len(images)} images but {len(names)} class names")
+        timings: dict[str, float] = {}
+        start = time.perf_counter()
+        pils = [load_image(im) for im in images]
+        notes = [[] for _ in pils]
+        names = [self._clean_name(n, note) for n, note in zip(names, notes)]
+        cfg, bb = self.config, self.model.backbone
+        x = torch.stack([to_tensor(im, cfg.image_size, bb.mean, bb.std) for im in pils]).to(self.device)
+        timings["preprocess"] = time.perf_counter() - start
+        samples = self.ctds_samples if ctds_samples is None else ctds_samples
+        with torch.autocast(self.device.type, dtype=self.dtype, enabled=self.dtype != torch.float32):
+            out = self.model(x, names, skip=skip, ctds_samples=samples, timings=timings)
+        t0 = time.perf_counter()
+        preds = [self._prediction(out, i, im.size[::-1], names[i], notes[i]) for i, im in enumerate(pils)]
+        timings["postprocess"] = time.perf_counter() - t0
+        for p in preds:
+            p.timings = dict(timings)
+        return preds
+
+    def _clean_name(self, name, notes: list[str]) -> str:
+        name = " ".join(str(name if name is not None else "").split())
+        if not name:
+            notes.append(f"no class name given: used '{DEFAULT_CLASS}'")
+            return DEFAULT_CLASS
+        if self.model.prompts.truncated(name):
+            notes.append("the class name is longer than the text encoder's context: it was cut to fit")
+        return name
+
+    def _prediction(self, out, i: int, size: tuple[int, int], name: str, notes: list[str]) -> Prediction:
+        def resize(maps):  # (C, h, w) -> numpy (C, H, W) float32 at the image size
+            return F.interpolate(maps[None].float(), size=size, mode="bilinear", align_corners=False)[0].cpu().numpy()
+
+        def clip01(a):
+            return np.clip(a, 0.0, 1.0).astype(np.float32)
+
+        pred = Prediction(score=float(out.image_score[i]), anomaly_map=clip01(resize(out.anomaly_map[i][None])[0]),
+                          layer_maps=clip01(resize(out.layer_maps[i])), cls_score=float(out.cls_score[i]),
+                          class_name=name, notes=notes)
+        if out.routing_weights is not None:
+            pred.expert_weights = out.routing_weights[i].float().cpu().numpy()
+            pred.expert_scores = out.expert_scores[i].float().cpu().numpy()
+            maps = out.expert_maps[i].float()
+            pred.expert_maps = clip01(resize(maps / maps.flatten(1).amax(1).clamp_min(1e-12)[:, None, None]))
+            pred.moe_score = float(out.moe_score[i])
+        if out.uncertainty_map is not None:
+            pred.uncertainty_map = resize(out.uncertainty_map[i][None])[0].astype(np.float32)
+        return pred

@@ -1,0 +1,50 @@
+"""Rendering: heatmap overlays on the user's image at its own resolution, with the region outlined.
+
+Maps are probabilities: by default the colour scale is fixed to 0..1 (a normal image stays cool);
+`stretch=True` maps each image's own min..max instead, and callers must label it as such.
+"""
+from __future__ import annotations
+
+import numpy as np
+from matplotlib import colormaps
+from PIL import Image
+from scipy import ndimage
+
+OUTLINE_RGB = (255, 255, 255)
+
+
+def colorize(values: np.ndarray, cmap: str = "jet", stretch: bool = False) -> np.ndarray:
+    """(H, W) map -> (H, W, 3) uint8 colours, on the fixed 0..1 scale unless stretch."""
+    v = values.astype(np.float32)
+    if stretch:
+        lo, hi = float(v.min()), float(v.max())
+        v = (v - lo) / (hi - lo) if hi > lo else np.zeros_like(v)
+    lut = (colormaps[cmap](np.linspace(0, 1, 256))[:, :3] * 255).astype(np.uint8)
+    return lut[np.clip(v * 255 + 0.5, 0, 255).astype(np.uint8)]
+
+
+def outline(mask: np.ndarray, width: int) -> np.ndarray:
+    """Boundary pixels of a boolean mask, `width` pixels thick."""
+    if not mask.any():
+        return mask
+    inner = ndimage.binary_erosion(mask, iterations=width, border_value=1)
+    return mask & ~inner
+
+
+def overlay(image: Image.Image, amap: np.ndarray, opacity: float = 0.5, cmap: str = "jet", stretch: bool = False,
+            threshold: float | None = None) -> Image.Image:
+    """Blend the coloured map over the image (same size) and outline where amap >= threshold."""
+    if amap.shape != (image.height, image.width):
+        raise ValueError(f"map {amap.shape} and image {image.height}x{image.width} differ in size")
+    base = np.asarray(image.convert("RGB"), dtype=np.float32)
+    out = (1 - opacity) * base + opacity * colorize(amap, cmap, stretch).astype(np.float32)
+    out = out.round().astype(np.uint8)
+    if threshold is not None:
+        width = max(1, round(max(image.size) / 256))
+        out[outline(amap >= threshold, width)] = OUTLINE_RGB
+    return Image.fromarray(out)
+
+
+def map_to_png16(amap: np.ndarray) -> Image.Image:
+    """A [0, 1] map as a 16-bit grayscale PNG image (0..65535), lossless enough for analysis."""
+    return Image.fromarray((np.clip(amap, 0, 1) * 65535 + 0.5).astype(np.uint16))
