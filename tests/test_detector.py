@@ -104,3 +104,11 @@ def test_cli_make_tiny_and_predict(tmp_path, image):
     assert (tmp_path / "out" / "predictions.jsonl").read_text().strip() == out.stdout.strip()
     bad = run("predict", "some.png", "--checkpoint", "nowhere/none")
     assert bad.returncode == 2 and bad.stderr.startswith("error: ") and "Traceback" not in bad.stderr
+
+
+def test_training_free_baseline_shares_the_backbone(detector, image):
+    base = Detector.training_free(detector.config, backbone=detector.model.backbone)
+    assert base.model.backbone is detector.model.backbone and base.model.head_parameters() == {}
+    p = base.predict(image, "bottle")
+    assert p.expert_weights is None and p.score == p.cls_score
+    assert base.info["training_free"] and not base.trained

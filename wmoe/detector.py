@@ -10,7 +10,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .backbone import Backbone
 from .checkpoint import load_model, save_pretrained
+from .config import WMoEConfig
 from .model import WMoECLIP
 from .preprocess import load_image, to_tensor
 from .prompts import DEFAULT_CLASS
@@ -69,6 +71,14 @@ class Detector:
         """Load a checkpoint folder or Hub repo id (revision pinnable; honours HF_HUB_OFFLINE, HF_HOME)."""
         model, info = load_model(path_or_repo_id, revision=revision)
         return cls(model, device=device, dtype=dtype, info=info, **kwargs)
+
+    @classmethod
+    def training_free(cls, like: WMoEConfig | None = None, backbone: Backbone | None = None, **kwargs) -> Detector:
+        """Plain CLIP with fixed prompts (no checkpoint): the backbone fields of `like`, or a shared backbone."""
+        like = like or WMoEConfig()
+        keep = ("backbone", "pretrained", "backbone_weights", "image_size", "layers", "temperature", "smoothing_sigma")
+        config = WMoEConfig.baseline(**{k: getattr(like, k) for k in keep})
+        return cls(WMoECLIP(config, backbone=backbone), info={"trained": False, "training_free": True}, **kwargs)
 
     def save_pretrained(self, directory, info: dict | None = None):
         return save_pretrained(self.model, directory, {**self.info, **(info or {})})
