@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import io
 import os
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -43,7 +44,10 @@ def _open(buffer: io.BytesIO, name: str) -> Image.Image:
     if buffer.getbuffer().nbytes == 0:
         raise ImageError(f"{name}: empty (0 bytes)")
     try:
-        with Image.open(buffer) as im:
+        with warnings.catch_warnings():  # we refuse oversized images ourselves, before decoding
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            im = Image.open(buffer)
+        with im:
             _check_size(im.size, name)
             im.seek(0)  # animated formats: the first frame
             im.load()
