@@ -170,3 +170,51 @@ def test_not_a_checkpoint(tmp_path):
         load_model(tmp_path)
     with pytest.raises(CheckpointError, match="not a Hub repo id"):
         load_model(tmp_path / "nope" / "deeper")
+
+
+def test_checkpoint_for_another_backbone(tiny_checkpoint, tmp_path):
+    """Weights made for one backbone, a config naming another: the message names both sides."""
+    import open_clip
+    cfg = json.loads((Path(__file__).resolve().parents[1] / "wmoe/model_configs/wmoe-tiny.json").read_text())
+    cfg["embed_dim"] = 32
+    (tmp_path / "configs").mkdir()
+    (tmp_path / "configs" / "wmoe-tiny-narrow.json").write_text(json.dumps(cfg))
+    open_clip.add_model_config(tmp_path / "configs")
+    bad = _copy(tiny_checkpoint, tmp_path / "bad")
+    payload = json.loads((bad / "config.json").read_text())
+    payload["config"]["backbone"] = "wmoe-tiny-narrow"
+    (bad / "config.json").write_text(json.dumps(payload))
+    with pytest.raises(CheckpointError, match=r"backbone wmoe-tiny-narrow.*has shape"):
+        load_model(bad)
+
+
+def test_save_is_atomic(tiny_checkpoint, tmp_path, monkeypatch):
+    """A failure while writing (disk full) leaves the previous checkpoint files intact and loadable."""
+    import wmoe.checkpoint as ck
+    folder = _copy(tiny_checkpoint, tmp_path / "ckpt")
+    before = (folder / "model.safetensors").read_bytes()
+    model, _ = load_model(folder)
+
+    def disk_full(*a, **k):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(ck, "save_file", disk_full)
+    with pytest.raises(OSError, match="No space"):
+        save_pretrained(model, folder)
+    assert (folder / "model.safetensors").read_bytes() == before
+    assert sorted(p.name for p in folder.iterdir()) == ["README.md", "config.json", "model.safetensors"]
+    load_model(folder)
+
+
+def test_no_code_path_unpickles():
+    """Every torch.load passes weights_only=True; no pickle module anywhere in our code."""
+    root = Path(__file__).resolve().parents[1]
+    sources = [p for p in root.rglob("*.py") if not any(part.startswith(".") for part in p.relative_to(root).parts)]
+    for path in sources:
+        if path.name == "test_checkpoint.py":
+            continue
+        text = path.read_text()
+        for line in text.splitlines():
+            if "torch.load(" in line:
+                assert "weights_only=True" in line, f"{path}: {line.strip()}"
+        assert "import pickle" not in text and "pickle.load" not in text, path

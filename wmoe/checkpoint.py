@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import re
+from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -44,10 +45,24 @@ def save_pretrained(model: WMoECLIP, directory: str | Path, info: dict | None = 
         state.update({f"backbone.{k}": v for k, v in model.backbone.state_dict().items()})
     state = {k: v.to("cpu", torch.float32).contiguous() for k, v in state.items()}
     info = {"trained": False, **(info or {}), "saved": datetime.now(timezone.utc).isoformat(timespec="seconds")}
-    save_file(state, str(directory / WEIGHTS_NAME), metadata={"format": "pt", "wmoe_format": "1"})
-    config.save(directory, info)
-    (directory / CARD_NAME).write_text(model_card(config, info))
+    with _atomic(directory / WEIGHTS_NAME) as tmp:
+        save_file(state, str(tmp), metadata={"format": "pt", "wmoe_format": "1"})
+    with _atomic(directory / CONFIG_NAME) as tmp:
+        tmp.write_text(config.to_json(info))
+    with _atomic(directory / CARD_NAME) as tmp:
+        tmp.write_text(model_card(config, info))
     return directory
+
+
+@contextmanager
+def _atomic(target: Path):
+    """Write to a temporary sibling, then rename over `target`: a crash never leaves half a file."""
+    tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+    try:
+        yield tmp
+        os.replace(tmp, target)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def model_card(config: WMoEConfig, info: dict) -> str:

@@ -98,11 +98,9 @@ class WMoEConfig:
         except (TypeError, ValueError) as e:
             raise ConfigError(f"{source}: {e}") from e
 
-    def save(self, directory: str | Path, info: dict | None = None) -> Path:
-        path = Path(directory) / CONFIG_NAME
-        payload = {"wmoe_format": FORMAT_VERSION, "config": self.to_dict(), "info": info or {}}
-        path.write_text(json.dumps(payload, indent=2) + "\n")
-        return path
+    def to_json(self, info: dict | None = None) -> str:
+        """The text of config.json: the config and an `info` block (training metadata)."""
+        return json.dumps({"wmoe_format": FORMAT_VERSION, "config": self.to_dict(), "info": info or {}}, indent=2) + "\n"
 
     @classmethod
     def load(cls, path: str | Path) -> tuple[WMoEConfig, dict]:
