@@ -14,8 +14,16 @@ from conftest import randomize_heads
 from hubcache import populate_hub_cache
 from safetensors.torch import load_file, save_file
 
-from wmoe import (CheckpointError, ConfigError, Detector, WeightsNotFoundError, WMoECLIP, WMoEConfig, load_model,
-                  save_pretrained)
+from wmoe import (
+    CheckpointError,
+    ConfigError,
+    Detector,
+    WeightsNotFoundError,
+    WMoECLIP,
+    WMoEConfig,
+    load_model,
+    save_pretrained,
+)
 from wmoe.backbone import resolve_backbone_weights
 
 REPO = Path(__file__).resolve().parents[1]

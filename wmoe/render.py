@@ -1,4 +1,5 @@
-"""Rendering: heatmap overlays on the user's image at its own resolution, with the region outlined.
+"""Rendering: heatmap overlays on the user's image at its own resolution, with the region outlined;
+the SA-MoE routing chart.
 
 Maps are probabilities: by default the colour scale is fixed to 0..1 (a normal image stays cool);
 `stretch=True` maps each image's own min..max instead, and callers must label it as such.
@@ -7,6 +8,8 @@ from __future__ import annotations
 
 import numpy as np
 from matplotlib import colormaps
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
 from PIL import Image
 from scipy import ndimage
 
@@ -48,3 +51,30 @@ def overlay(image: Image.Image, amap: np.ndarray, opacity: float = 0.5, cmap: st
 def map_to_png16(amap: np.ndarray) -> Image.Image:
     """A [0, 1] map as a 16-bit grayscale PNG image (0..65535), lossless enough for analysis."""
     return Image.fromarray((np.clip(amap, 0, 1) * 65535 + 0.5).astype(np.uint16))
+
+
+def routing_chart(weights: np.ndarray, scores: np.ndarray, title: str = "SA-MoE routing",
+                  width: int = 520) -> Image.Image:
+    """Bar chart of the per-expert routing weights on a fixed 0..1 axis, each expert's own score marked
+    and written beside its name; the dashed line is uniform routing (1 / number of experts)."""
+    weights, scores = np.asarray(weights, dtype=float), np.asarray(scores, dtype=float)
+    if weights.ndim != 1 or weights.shape != scores.shape or weights.size == 0:
+        raise ValueError(f"need one weight and one score per expert, got shapes {weights.shape} and "
+                         f"{scores.shape}")
+    fig = Figure(figsize=(width / 100, 1.0 + 0.5 * weights.size), dpi=100)
+    canvas = FigureCanvasAgg(fig)  # no pyplot: safe in server threads
+    ax = fig.add_subplot()
+    y = np.arange(weights.size)
+    ax.barh(y, weights, color="#4c78a8", label="routing weight")
+    ax.scatter(scores, y, marker="D", color="#e45756", zorder=3, label="expert's own score",
+               clip_on=False)
+    ax.axvline(1 / weights.size, color="0.4", linestyle="--", linewidth=1, label="uniform routing")
+    ax.set_yticks(y, [f"expert {i + 1}\nweight {w:.2f} | score {s:.2f}"
+                      for i, (w, s) in enumerate(zip(weights, scores, strict=True))])
+    ax.invert_yaxis()
+    ax.set_xlim(0, 1)
+    ax.set_title(title)
+    ax.legend(loc="upper center", bbox_to_anchor=(0.4, -0.12), ncols=3, fontsize=7, frameon=False)
+    fig.tight_layout()
+    canvas.draw()
+    return Image.fromarray(np.asarray(canvas.buffer_rgba())).convert("RGB")

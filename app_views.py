@@ -1,0 +1,416 @@
+"""What the demo's buttons do (Analyze, redraw, Compare, Batch), on models that app.py loaded once.
+
+Every number comes from `wmoe.Detector`; this module turns `Prediction`s into what the page shows
+(with `wmoe.render`) and every failure into a readable `gr.Error`, never a stack trace or a server path.
+"""
+from __future__ import annotations
+
+import atexit
+import csv
+import dataclasses
+import functools
+import html
+import json
+import logging
+import re
+import shutil
+import tempfile
+import time
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import gradio as gr
+import numpy as np
+from PIL import Image
+
+from wmoe import Detector, ImageError, Prediction
+from wmoe.checkpoint import includes_backbone
+from wmoe.preprocess import load_image
+from wmoe.render import colorize, map_to_png16, overlay, routing_chart
+
+try:  # ZeroGPU on Spaces: the model runs inside spaces.GPU; elsewhere this is a no-op
+    import spaces
+
+    gpu = spaces.GPU
+except ImportError:
+    def gpu(fn):
+        return fn
+
+log = logging.getLogger("wmoe.app")
+UNTRAINED = "untrained model: results are meaningless, for testing the plumbing only"
+RANDOM_BACKBONE = "random backbone weights (a test configuration): results are meaningless"
+CTDS_SAMPLES = 8
+# (name, modules skipped, config switch that must be on, module name)
+VARIANTS = [("full WMoE-CLIP", frozenset(), None, None),
+            ("without WCMA", frozenset({"wcma"}), "use_wcma", "WCMA"),
+            ("without CTDS", frozenset({"ctds"}), "use_ctds", "CTDS"),
+            ("SA-MoE with uniform weights", frozenset({"routing"}), "use_moe", "SA-MoE")]
+BASELINE_NAME = "training-free CLIP baseline"
+BATCH_CHUNK = 8  # images per model call in the Batch view
+MAX_BATCH_IMAGES = 100
+MAX_ZIP_MEMBER_BYTES = 50 * 2**20
+THUMB_SIDE = 768  # galleries show at most this; the main overlay keeps the image's own size
+
+
+LOADED: dict[int, Detector] = {}  # by id(), filled at start: ZeroGPU's forked worker must inherit them all
+
+
+def run_model(detector: Detector, images: list, class_name: str, skip=frozenset(), ctds_samples: int = 0):
+    """The only place the model runs."""
+    return _predict(id(detector), images, class_name, skip, ctds_samples)
+
+
+@gpu
+def _predict(key: int, images: list, class_name: str, skip: frozenset, ctds_samples: int) -> list[Prediction]:
+    """A ZeroGPU task on Spaces: its arguments travel pickled to a forked worker, so the model goes by key."""
+    return LOADED[key].predict_batch(images, class_name, skip=skip, ctds_samples=ctds_samples)
+
+
+# ----------------------------------------------------------------------------- words and errors
+
+def md(text: str) -> str:
+    """User or system text made inert inside Markdown."""
+    return re.sub(r"([\\`*_{}\[\]()#+\-.!|<>~])", r"\\\1", html.escape(str(text), quote=False))
+
+
+def public(message: str) -> str:
+    """An error message without server folders: absolute paths are cut to their last part."""
+    return re.sub(r"(?<![\w.:/])/(?:[^\s/:;,'\"()\[\]]+/)+([^\s/:;,'\"()\[\]]*)", r"\1", message)
+
+
+def user_error(message: str, title: str = "Cannot use this input") -> gr.Error:
+    return gr.Error(message, title=title, print_exception=False)
+
+
+def user_errors(fn):
+    """Every failure of a handler reaches the user as a readable gr.Error."""
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except gr.Error:
+            raise
+        except (ImageError, ValueError) as e:
+            raise user_error(html.escape(public(str(e)))) from None
+        except Exception as e:
+            log.exception("request failed")
+            raise user_error(f"The model failed on this request ({type(e).__name__}); the server log has the "
+                             "details.", title="Internal error") from None
+    return wrapper
+
+
+def decision(score: float, threshold: float) -> str:
+    return "anomalous" if score >= threshold else "normal"
+
+
+def scale_words(amap: np.ndarray, scale: str) -> str:
+    if scale == "stretch":
+        return (f"stretched per image: blue = {amap.min():.3f} (this image's minimum), "
+                f"red = {amap.max():.3f} (its maximum); not comparable across images")
+    return "fixed: blue = 0, red = 1 (probability of 'abnormal')"
+
+
+# ----------------------------------------------------------------------------- images and files
+
+def thumbnail(image: Image.Image, side: int = THUMB_SIDE) -> Image.Image:
+    image = image.copy()
+    image.thumbnail((side, side))
+    return image
+
+
+def shrink(maps: np.ndarray | None, size: tuple[int, int]) -> np.ndarray | None:
+    """(..., H, W) float maps resized to size = (width, height), e.g. for a thumbnail."""
+    if maps is None:
+        return None
+    flat = maps.reshape(-1, *maps.shape[-2:]).astype(np.float32)
+    out = [np.asarray(Image.fromarray(m).resize(size, Image.BILINEAR)) for m in flat]
+    return np.stack(out).reshape(*maps.shape[:-2], size[1], size[0])
+
+
+def stretch_to(values: np.ndarray, lo: float, hi: float) -> np.ndarray:
+    return np.clip((values - lo) / (hi - lo), 0, 1) if hi > lo else np.zeros_like(values)
+
+
+def read_upload(path: str) -> Image.Image:
+    """An uploaded file through wmoe's own loader; errors name the file, not the server folder."""
+    try:
+        return load_image(path)
+    except ImageError as e:
+        raise ImageError(str(e).replace(str(path), Path(path).name)) from None
+
+
+def safe_stem(name: str) -> str:
+    return re.sub(r"[^\w.-]+", "_", Path(name).stem)[:60] or "image"
+
+
+def batch_items(paths: list[str]):
+    """(name, loader) for every file uploaded; a .zip contributes each of its files."""
+    for path in paths:
+        if zipfile.is_zipfile(path):
+            with zipfile.ZipFile(path) as archive:
+                for m in archive.infolist():
+                    hidden = m.filename.startswith("__MACOSX/") or Path(m.filename).name.startswith(".")
+                    if not m.is_dir() and not hidden:
+                        yield m.filename, functools.partial(zip_member, path, m)
+        else:
+            yield Path(path).name, functools.partial(read_upload, path)
+
+
+def zip_member(path: str, member: zipfile.ZipInfo) -> Image.Image:
+    if member.file_size > MAX_ZIP_MEMBER_BYTES:
+        raise ImageError(f"{member.filename}: {member.file_size / 2**20:.0f} MB unpacked, over the limit of "
+                         f"{MAX_ZIP_MEMBER_BYTES // 2**20} MB per image")
+    with zipfile.ZipFile(path) as archive:
+        try:
+            data = archive.read(member)
+        except (zipfile.BadZipFile, NotImplementedError, RuntimeError) as e:  # damaged, odd method, encrypted
+            raise ImageError(f"{member.filename}: cannot be unpacked ({e})") from None
+    try:
+        return load_image(data)
+    except ImageError as e:
+        raise ImageError(str(e).replace("the uploaded bytes", member.filename)) from None
+
+
+def without_name(message: str, name: str) -> str:
+    """An ImageError message minus its leading file name (shown beside it anyway)."""
+    message = public(message)
+    return message[len(name) + 2:] if message.startswith(f"{name}: ") else message
+
+
+class Scratch:
+    """Download files, in per-request folders inside one temporary folder of this app; old ones pruned."""
+
+    def __init__(self, max_age_s: float = 3600):
+        self.root, self.max_age_s = Path(tempfile.mkdtemp(prefix="wmoe-app-")), max_age_s
+        atexit.register(shutil.rmtree, self.root, True)
+
+    def new(self) -> Path:
+        now = time.time()
+        for old in self.root.iterdir():
+            if now - old.stat().st_mtime > self.max_age_s:
+                shutil.rmtree(old, ignore_errors=True)
+        return Path(tempfile.mkdtemp(dir=self.root))
+
+
+@dataclass
+class Result:
+    """One analysed image, kept in the session (gr.State) so display changes never re-run the model.
+
+    The anomaly map stays at the image's own size; the other maps are kept at thumbnail size.
+    """
+
+    image: Image.Image
+    small: Image.Image
+    pred: Prediction
+    stem: str
+    model: dict
+    layers: tuple[int, ...]
+    map_files: list[Path] = field(default_factory=list)
+
+
+# ----------------------------------------------------------------------------- the views
+
+class Views:
+    """The event handlers; `detector` is WMoE-CLIP (or None), `baseline` the training-free CLIP (or None)."""
+
+    def __init__(self, detector: Detector | None, baseline: Detector | None):
+        self.detector, self.baseline = detector, baseline
+        self.scratch = Scratch()
+        LOADED.update({id(d): d for d in (detector, baseline) if d is not None})
+
+    def primary(self) -> tuple[Detector, dict]:
+        """The model Analyze and Batch use, and how results describe it (warning: why not to trust them)."""
+        if self.detector is not None:
+            d = self.detector
+            warning = UNTRAINED if not d.trained else RANDOM_BACKBONE if includes_backbone(d.config) else None
+            return d, {"name": "WMoE-CLIP", "trained": d.trained, "backbone": d.config.backbone,
+                       "warning": warning}
+        if self.baseline is not None:
+            b = self.baseline
+            return b, {"name": f"{BASELINE_NAME} (fixed prompts)", "training_free": True,
+                       "backbone": b.config.backbone,
+                       "warning": RANDOM_BACKBONE if includes_backbone(b.config) else None}
+        raise user_error("Nothing can run here: no checkpoint and no CLIP backbone weights (see the note at "
+                         "the top).", title="No model")
+
+    @staticmethod
+    def image(path) -> Image.Image:
+        if not path:
+            raise user_error("Upload, paste or capture an image first.", title="No image")
+        return read_upload(path)
+
+    # -- Analyze
+    @user_errors
+    def analyze(self, image_path, class_name, threshold, opacity, scale, sample_ctds):
+        detector, model = self.primary()
+        image = self.image(image_path)
+        pred = run_model(detector, [image], class_name, ctds_samples=CTDS_SAMPLES if sample_ctds else 0)[0]
+        if sample_ctds and pred.uncertainty_map is None:
+            pred.notes.append("this model has no CTDS module, so there is no uncertainty map")
+        small = thumbnail(image)
+        pred = dataclasses.replace(pred, layer_maps=shrink(pred.layer_maps, small.size),
+                                   expert_maps=shrink(pred.expert_maps, small.size),
+                                   uncertainty_map=shrink(pred.uncertainty_map, small.size))
+        result = Result(image, small, pred, safe_stem(image_path), model, detector.config.layers)
+        chart = None
+        if pred.expert_weights is not None:
+            chart = routing_chart(pred.expert_weights, pred.expert_scores,
+                                  title="SA-MoE routing (this image)")
+        dtype = str(detector.dtype).replace("torch.", "")
+        timings = (f"**Time per stage** on `{detector.device}` ({dtype}): "
+                   + ", ".join(f"{k} {v * 1000:.1f} ms" for k, v in pred.timings.items())
+                   + f"; **total {sum(pred.timings.values()) * 1000:.1f} ms**")
+        shown, score, experts, layers, uncertainty, files = self.render(result, threshold, opacity, scale)
+        return shown, score, chart, experts, layers, uncertainty, timings, files, result
+
+    @user_errors
+    def render(self, result: Result | None, threshold, opacity, scale):
+        """Everything that depends on the display settings, drawn from the stored prediction only."""
+        if result is None:  # settings moved before the first run: nothing to redraw
+            return tuple(gr.skip() for _ in range(6))
+        p, small, stretch = result.pred, result.small, scale == "stretch"
+        shown = overlay(result.image, p.anomaly_map, opacity=opacity, stretch=stretch, threshold=threshold)
+        warning = f" (**{result.model['warning']}**)" if result.model["warning"] else ""
+        area = 100 * float((p.anomaly_map >= threshold).mean())
+        lines = [f"### Score {p.score:.3f}: **{decision(p.score, threshold)}** at threshold {threshold:.2f}",
+                 f"Model: {result.model['name']}{warning}",
+                 f"Class: {md(p.class_name)} | image {result.image.width}x{result.image.height} px | "
+                 f"area at or above the threshold: {area:.1f}%",
+                 f"CLS-vs-text score {p.cls_score:.3f}"
+                 + ("" if p.moe_score is None else f" | SA-MoE score {p.moe_score:.3f}"),
+                 f"Colour scale: {scale_words(p.anomaly_map, scale)}"]
+        if p.expert_weights is None:
+            lines.append("This model has no SA-MoE: no routing chart and no expert maps.")
+        if p.uncertainty_map is not None:
+            lines.append(f"Uncertainty over {CTDS_SAMPLES} CTDS samples: largest std "
+                         f"{p.uncertainty_map.max():.4f}")
+        lines += [f"Note: {md(n)}" for n in p.notes]
+        experts = []
+        if p.expert_maps is not None:
+            experts = [(overlay(small, emap, opacity=opacity),
+                        f"expert {i + 1}: weight {p.expert_weights[i]:.2f}, score {p.expert_scores[i]:.2f}")
+                       for i, emap in enumerate(p.expert_maps)]
+        layers = [(overlay(small, lmap, opacity=opacity, stretch=stretch),
+                   f"layer {layer}: max {lmap.max():.2f}")
+                  for layer, lmap in zip(result.layers, p.layer_maps, strict=True)]
+        uncertainty = None
+        if p.uncertainty_map is not None:  # a std of probabilities is at most 0.5: the fixed scale is 0..0.5
+            u = p.uncertainty_map if stretch else np.clip(p.uncertainty_map / 0.5, 0, 1)
+            uncertainty = Image.fromarray(colorize(u, stretch=stretch))
+        return shown, "\n\n".join(lines), experts, layers, uncertainty, self.downloads(result, threshold)
+
+    def downloads(self, result: Result, threshold: float) -> list[str]:
+        """Raw map (16-bit PNG, .npy; written once) and the result as JSON at this threshold."""
+        folder = self.scratch.new()
+        if not result.map_files or not all(f.is_file() for f in result.map_files):
+            png, npy = folder / f"{result.stem}_map16.png", folder / f"{result.stem}_map.npy"
+            map_to_png16(result.pred.anomaly_map).save(png)
+            np.save(npy, result.pred.anomaly_map)
+            result.map_files = [png, npy]
+        doc = {**result.pred.to_dict(), "threshold": threshold,
+               "decision": decision(result.pred.score, threshold), "model": result.model}
+        path = folder / f"{result.stem}_result.json"
+        path.write_text(json.dumps(doc, indent=2))
+        return [str(f) for f in result.map_files] + [str(path)]
+
+    # -- Compare
+    @user_errors
+    def compare(self, image_path, class_name, threshold, opacity, scale):
+        _, model = self.primary()
+        image = self.image(image_path)
+        runs, missing = [], []
+        if self.detector is not None:
+            for name, skip, switch, module in VARIANTS:
+                if switch and not getattr(self.detector.config, switch):
+                    missing.append(f"{name}: this checkpoint has no {module} module")
+                    continue
+                runs.append((name, run_model(self.detector, [image], class_name, skip=skip)[0]))
+        else:
+            missing.append("the WMoE-CLIP variants need a checkpoint")
+        if self.baseline is not None:
+            runs.append((BASELINE_NAME, run_model(self.baseline, [image], class_name)[0]))
+        maps = [p.anomaly_map for _, p in runs]
+        lo, hi = (0.0, 1.0)
+        if scale == "stretch":  # one scale for all: the joint min..max
+            lo, hi = min(m.min() for m in maps), max(m.max() for m in maps)
+        small = thumbnail(image)
+        gallery = [(overlay(small, shrink(stretch_to(p.anomaly_map, lo, hi), small.size), opacity=opacity,
+                            threshold=float(stretch_to(np.float32(threshold), lo, hi))),
+                    f"{name}: {p.score:.3f}") for name, p in runs]
+        table = ["| variant | image score | decision | CLS score | SA-MoE score |",
+                 "|---|---:|---|---:|---:|"]
+        table += [f"| {name} | {p.score:.3f} | {decision(p.score, threshold)} | {p.cls_score:.3f} | "
+                  f"{'-' if p.moe_score is None else f'{p.moe_score:.3f}'} |" for name, p in runs]
+        scale_note = (f"stretched jointly over the {len(runs)} maps: blue = {lo:.3f}, red = {hi:.3f}"
+                      if scale == "stretch" else "fixed: blue = 0, red = 1")
+        notes = [f"One colour scale for all ({scale_note}); outline at threshold {threshold:.2f}."]
+        if model["warning"]:
+            notes.append(f"**{model['warning']}**")
+        notes += [f"Not shown: {md(s)}." for s in missing]
+        return gallery, "\n".join(table) + "\n\n" + "\n\n".join(notes)
+
+    # -- Batch
+    @user_errors
+    def batch(self, paths, class_name, threshold, progress=gr.Progress()):  # noqa: B008 (gradio's way)
+        detector, model = self.primary()
+        if not paths:
+            raise user_error("Choose some images (or a .zip of images) first.", title="No files")
+        items = list(batch_items(paths))
+        errors = [(name, f"not processed: over the limit of {MAX_BATCH_IMAGES} images")
+                  for name, _ in items[MAX_BATCH_IMAGES:]]
+        items = items[:MAX_BATCH_IMAGES]
+        folder, rows = self.scratch.new(), []
+        progress((0, len(items)), desc="Scoring", unit="images")
+        for start in range(0, len(items), BATCH_CHUNK):
+            loaded = []
+            for name, loader in items[start:start + BATCH_CHUNK]:
+                try:
+                    loaded.append((name, loader()))
+                except ImageError as e:  # listed with its reason; the others are still scored
+                    errors.append((name, without_name(str(e), name)))
+            if loaded:
+                preds = run_model(detector, [im for _, im in loaded], class_name)
+                for (name, im), p in zip(loaded, preds, strict=True):
+                    target = folder / f"{len(rows):03d}_{safe_stem(name)}.png"
+                    small = thumbnail(im)
+                    overlay(small, shrink(p.anomaly_map, small.size), threshold=threshold).save(target)
+                    rows.append((name, p, target))
+            progress((min(start + BATCH_CHUNK, len(items)), len(items)), desc="Scoring", unit="images")
+        rows.sort(key=lambda r: -r[1].score)
+        gallery = [(str(target), f"{name}: {p.score:.3f} ({decision(p.score, threshold)})")
+                   for name, p, target in rows]
+        csv_path = folder / "scores.csv"
+        write_csv(csv_path, rows, errors, threshold, model)
+        warning = f" (**{model['warning']}**)" if model["warning"] else ""
+        head = [f"{len(rows)} image(s) scored, sorted by score (highest first); threshold {threshold:.2f}; "
+                f"colour scale fixed 0..1. Model: {model['name']}{warning}"]
+        if errors:
+            head.append(f"**{len(errors)} file(s) not processed:**\n\n"
+                        + "\n".join(f"- {md(name)}: {md(err)}" for name, err in errors))
+        return gallery, "\n\n".join(head), str(csv_path)
+
+
+def write_csv(path: Path, rows, errors, threshold: float, model: dict):
+    """One row per scored image (score, decision, expert weights and scores), then the files that failed."""
+    experts = max((len(p.expert_weights) for _, p, _ in rows if p.expert_weights is not None), default=0)
+    header = ["file", "score", "decision", "cls_score", "moe_score"]
+    header += [f"weight_expert{i + 1}" for i in range(experts)]
+    header += [f"score_expert{i + 1}" for i in range(experts)]
+    header += ["model", "warning", "error"]
+
+    def fmt(values):
+        return ["" if v is None else f"{float(v):.6f}" for v in values]
+
+    with open(path, "w", newline="") as f:
+        out = csv.writer(f)
+        out.writerow(header)
+        for name, p, _ in rows:
+            w = p.expert_weights if p.expert_weights is not None else [None] * experts
+            s = p.expert_scores if p.expert_scores is not None else [None] * experts
+            scores = fmt([p.score, p.cls_score, p.moe_score])
+            out.writerow([name, scores[0], decision(p.score, threshold), *scores[1:], *fmt(w), *fmt(s),
+                          model["name"], model["warning"] or "", ""])
+        for name, err in errors:
+            blank = [""] * (4 + 2 * experts)
+            out.writerow([name, *blank, model["name"], model["warning"] or "", err])

@@ -1,0 +1,25 @@
+"""Serving the demo for tests: app.build_app + app.launch on a free 127.0.0.1 port, without blocking."""
+import json
+import socket
+import urllib.request
+
+import app
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def serve(detector, baseline, notices=()):
+    """(demo, url), launched exactly as `python app.py` launches it; call demo.close() when done."""
+    demo = app.build_app(detector, baseline, notices)
+    _, url, _ = app.launch(demo, "127.0.0.1", free_port(), block=False, quiet=True)
+    return demo, url
+
+
+def page_config(url: str) -> dict:
+    """The page description the browser receives (components with their props)."""
+    with urllib.request.urlopen(url.rstrip("/") + "/config", timeout=10) as r:
+        return json.load(r)

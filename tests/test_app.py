@@ -1,0 +1,277 @@
+"""The Gradio demo, served on 127.0.0.1 and queried with gradio_client as a user's script would be."""
+import csv
+import io
+import json
+import os
+import subprocess
+import sys
+import time
+import zipfile
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+from app_server import free_port, page_config, serve
+from gradio_client import Client, handle_file
+from gradio_client.exceptions import AppError
+from PIL import Image
+
+import app
+import app_views
+from wmoe import WMoECLIP, WMoEConfig, save_pretrained
+from wmoe.render import routing_chart
+
+REPO = Path(__file__).resolve().parents[1]
+EXAMPLE = REPO / "assets" / "examples" / "brick_crack.png"
+
+
+def prop(config: dict, elem_id: str, key: str):
+    found = [c["props"] for c in config["components"] if c.get("props", {}).get("elem_id") == elem_id]
+    assert len(found) == 1, f"{len(found)} components with elem_id {elem_id}"
+    return found[0].get(key)
+
+
+def count_forward_calls(*detectors) -> list:
+    calls = []
+    for d in detectors:
+        d.model.register_forward_pre_hook(lambda module, args: calls.append(module))
+    return calls
+
+
+@pytest.fixture(scope="module")
+def served(tiny_checkpoint):
+    detector, baseline, notices = app.load_models(str(tiny_checkpoint))
+    calls = count_forward_calls(detector, baseline)
+    demo, url = serve(detector, baseline, notices)
+    yield SimpleNamespace(url=url, calls=calls, detector=detector)
+    demo.close()
+
+
+@pytest.fixture
+def client(served):
+    return Client(served.url, verbose=False)
+
+
+@pytest.fixture(scope="module")
+def image_file(tmp_path_factory) -> Path:
+    """An odd-sized, non-square input, so resizing back to the user's resolution is really tested."""
+    path = tmp_path_factory.mktemp("img") / "part 7.png"
+    Image.open(EXAMPLE).convert("RGB").resize((173, 121)).save(path)
+    return path
+
+
+def analyze(client, path, class_name="brick wall", threshold=0.5, opacity=0.5, scale="fixed", ctds=False):
+    return client.predict(handle_file(str(path)), class_name, threshold, opacity, scale, ctds,
+                          api_name="/analyze")
+
+
+def test_analyze_outputs(client, served, image_file):
+    overlay, score_md, chart, experts, layers, uncertainty, timings, downloads = analyze(client, image_file)
+    assert Image.open(overlay).size == (173, 121)
+    files = {Path(f).suffix: f for f in downloads}
+    result = json.loads(Path(files[".json"]).read_text())
+    assert 0 <= result["score"] <= 1 and result["class_name"] == "brick wall"
+    assert sum(result["expert_weights"]) == pytest.approx(1.0, abs=1e-4)
+    assert result["decision"] == ("anomalous" if result["score"] >= 0.5 else "normal")
+    assert result["image_size"] == [121, 173] and result["model"]["trained"] is False
+    assert f"Score {result['score']:.3f}" in score_md and app.UNTRAINED in score_md
+    png16 = Image.open(files[".png"])
+    raw = np.load(files[".npy"])
+    assert png16.mode.startswith("I;16") and png16.size == (173, 121) and raw.shape == (121, 173)
+    np.testing.assert_allclose(np.asarray(png16, dtype=np.float64) / 65535, raw, atol=1e-4)
+    assert Image.open(chart).width > 300
+    E, layer_ids = served.detector.config.num_experts, served.detector.config.layers
+    assert len(experts) == E and all("weight" in e["caption"] and "score" in e["caption"] for e in experts)
+    assert [x["caption"].split(":")[0] for x in layers] == [f"layer {i}" for i in layer_ids]
+    assert uncertainty is None
+    assert all(stage in timings for stage in ("backbone", "wcma", "moe", "total"))
+
+
+def test_display_changes_redraw_without_running_the_model(client, served, image_file):
+    first = analyze(client, image_file)
+    calls = len(served.calls)
+    again = client.predict(0.2, 0.9, "stretch", api_name="/render")
+    assert len(served.calls) == calls  # the stored prediction was redrawn; the model did not run
+    overlay, score_md, experts, layers, uncertainty, downloads = again
+    assert not np.array_equal(np.asarray(Image.open(overlay)), np.asarray(Image.open(first[0])))
+    assert "threshold 0.20" in score_md and "stretched per image" in score_md
+    result = json.loads(Path(next(f for f in downloads if f.endswith(".json"))).read_text())
+    before = json.loads(Path(first[7][2]).read_text())
+    assert result["threshold"] == 0.2 and result["score"] == before["score"]
+
+
+def test_ctds_sampling_gives_an_uncertainty_map(client, image_file):
+    out = analyze(client, image_file, ctds=True)
+    assert Image.open(out[5]).size == (173, 121)
+    assert "Uncertainty over 8 CTDS samples" in out[1]
+
+
+def test_bad_uploads_give_readable_errors(client, tmp_path):
+    text = tmp_path / "notes.png"
+    text.write_text("this is not a picture")
+    with pytest.raises(AppError, match="not an image") as err:
+        analyze(client, text)
+    assert "/tmp" not in str(err.value) and "Traceback" not in str(err.value)
+    with pytest.raises(AppError, match="Upload, paste or capture an image first"):
+        client.predict(None, "object", 0.5, 0.5, "fixed", False, api_name="/analyze")
+    truncated = tmp_path / "cut.png"
+    truncated.write_bytes(EXAMPLE.read_bytes()[:3000])
+    with pytest.raises(AppError, match="cut.png: the image data is damaged or truncated") as err:
+        analyze(client, truncated)
+    assert str(tmp_path) not in str(err.value)
+
+
+def test_compare_puts_the_variants_side_by_side(client, served, image_file):
+    calls = len(served.calls)
+    gallery, table = client.predict(handle_file(str(image_file)), "brick wall", 0.5, 0.5, "fixed",
+                                    api_name="/compare")
+    names = ["full WMoE-CLIP", "without WCMA", "without CTDS", "SA-MoE with uniform weights",
+             "training-free CLIP baseline"]
+    assert [g["caption"].split(":")[0] for g in gallery] == names
+    assert len(served.calls) == calls + 5
+    scores = [float(g["caption"].rsplit(" ", 1)[1]) for g in gallery]
+    assert all(0 <= s <= 1 for s in scores) and len(set(scores)) > 1  # the variants really differ
+    assert all(Image.open(g["image"]).size == (173, 121) for g in gallery)
+    assert "One colour scale for all" in table and all(n in table for n in names)
+
+
+def test_batch_sorts_by_score_and_lists_unreadable_files(client, tmp_path):
+    paths = []
+    for i, size in enumerate([(64, 48), (90, 90), (50, 70)]):
+        paths.append(tmp_path / f"img{i}.png")
+        Image.open(EXAMPLE).convert("RGB").rotate(90 * i).resize(size).save(paths[-1])
+    bad = tmp_path / "broken.jpg"
+    bad.write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
+    archive = tmp_path / "more.zip"
+    with zipfile.ZipFile(archive, "w") as z:
+        z.write(paths[0], "inside/a.png")
+        z.writestr("inside/readme.txt", "hello")
+    files = [handle_file(str(p)) for p in [*paths, bad, archive]]
+    gallery, summary, csv_file = client.predict(files, "brick wall", 0.5, api_name="/batch")
+    scores = [float(g["caption"].split(": ")[1].split(" ")[0]) for g in gallery]
+    assert len(gallery) == 4 and scores == sorted(scores, reverse=True)
+    plain = summary.replace("\\", "")  # Markdown escapes
+    assert "broken.jpg: the image data is damaged" in plain
+    assert "inside/readme.txt: not an image file" in plain
+    assert "2 file(s) not processed" in plain
+    rows = list(csv.DictReader(io.StringIO(Path(csv_file).read_text())))
+    scored = [r for r in rows if not r["error"]]
+    assert sorted(r["file"] for r in scored) == ["img0.png", "img1.png", "img2.png", "inside/a.png"]
+    for r in scored:
+        assert sum(float(r[f"weight_expert{i}"]) for i in range(1, 5)) == pytest.approx(1.0, abs=1e-4)
+    assert {r["file"] for r in rows if r["error"]} == {"broken.jpg", "inside/readme.txt"}
+
+
+def test_gpu_task_gets_plain_arguments(served, image_file, monkeypatch):
+    """On ZeroGPU the task's arguments travel pickled to a worker: the model goes by key, never by value."""
+    sent, task = [], app_views._predict
+    monkeypatch.setattr(app_views, "_predict", lambda *args: sent.append(args) or task(*args))
+    app_views.Views(served.detector, None).analyze(str(image_file), "brick wall", 0.5, 0.5, "fixed", True)
+    [(key, images, class_name, skip, samples)] = sent
+    assert app_views.LOADED[key] is served.detector
+    assert all(isinstance(im, Image.Image) for im in images) and class_name == "brick wall"
+    assert skip == frozenset() and samples == app_views.CTDS_SAMPLES
+
+
+def test_untrained_checkpoint_shows_its_banner_and_serving_limits(served):
+    config = page_config(served.url)
+    banner = prop(config, "banner", "value")
+    assert app.UNTRAINED in banner and prop(config, "banner", "visible") is True
+    assert prop(config, "run", "interactive") is not False
+    assert config["max_file_size"] and config["max_file_size"] <= 50 * 2**20
+    ids = {c.get("props", {}).get("elem_id") for c in config["components"]}
+    assert {"input-image", "class-name", "run", "overlay", "score", "routing"} <= ids
+
+
+def test_trained_checkpoint_has_no_untrained_banner(tmp_path):
+    save_pretrained(WMoECLIP(WMoEConfig.tiny()), tmp_path, {"trained": True})
+    detector, baseline, notices = app.load_models(str(tmp_path))
+    lines = app.status_lines(detector, baseline, notices)
+    assert detector.trained and not any(app.UNTRAINED in line for line in lines)
+    assert any("random weights" in line for line in lines)  # the tiny backbone is still no CLIP
+
+
+def test_unloadable_checkpoint_falls_back_to_the_baseline(tmp_path):
+    (tmp_path / "ckpt").mkdir()
+    (tmp_path / "ckpt" / "config.json").write_text("{broken")
+    detector, baseline, notices = app.load_models(str(tmp_path / "ckpt"), baseline="tiny")
+    assert detector is None and baseline is not None
+    assert "could not be loaded" in notices[0] and "training-free CLIP baseline" in notices[0]
+    assert str(tmp_path) not in notices[0]
+
+
+def test_no_checkpoint_offers_the_baseline(image_file):
+    detector, baseline, notices = app.load_models(None, baseline="tiny")
+    assert detector is None and "No WMoE-CLIP checkpoint was given" in notices[0]
+    demo, url = serve(detector, baseline, notices)
+    try:
+        assert "training-free CLIP baseline" in prop(page_config(url), "banner", "value")
+        client = Client(url, verbose=False)
+        overlay, score_md, chart, experts, *_, downloads = analyze(client, image_file)
+        result = json.loads(Path(next(f for f in downloads if f.endswith(".json"))).read_text())
+        assert result["model"]["name"].startswith("training-free CLIP baseline")
+        assert result["expert_weights"] is None
+        assert chart is None and experts == [] and Image.open(overlay).size == (173, 121)
+        gallery, table = client.predict(handle_file(str(image_file)), "brick wall", 0.5, 0.5, "fixed",
+                                        api_name="/compare")
+        assert [g["caption"].split(":")[0] for g in gallery] == ["training-free CLIP baseline"]
+        assert "need a checkpoint" in table
+    finally:
+        demo.close()
+
+
+def test_python_app_py_starts_without_checkpoint_or_weights(tmp_path, image_file):
+    """The real entry point, offline with an empty Hub cache: it starts, says why, and refuses to run."""
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if k not in ("WMOE_CHECKPOINT", "GRADIO_SERVER_NAME",
+                                                            "GRADIO_SERVER_PORT", "WMOE_BACKBONE_WEIGHTS")}
+    env.update(HF_HUB_OFFLINE="1", HF_HOME=str(tmp_path / "hf"), GRADIO_ANALYTICS_ENABLED="False")
+    proc = subprocess.Popen([sys.executable, "app.py", "--port", str(port)], cwd=REPO, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    url = f"http://127.0.0.1:{port}/"
+    try:
+        deadline = time.time() + 45
+        while True:
+            try:
+                config = page_config(url)
+                break
+            except OSError:
+                assert proc.poll() is None, proc.stdout.read()
+                assert time.time() < deadline, "app.py did not start within 45 s"
+                time.sleep(0.5)
+        banner = prop(config, "banner", "value")
+        assert "No WMoE-CLIP checkpoint was given" in banner and "cannot run either" in banner
+        assert "HF\\_HUB\\_OFFLINE is set" in banner and str(tmp_path) not in banner
+        assert prop(config, "run", "interactive") is False
+        with pytest.raises(AppError, match="Nothing can run here"):
+            analyze(Client(url, verbose=False), image_file)
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+
+
+def test_cli_respects_spaces_environment(monkeypatch):
+    monkeypatch.setenv("GRADIO_SERVER_NAME", "0.0.0.0")
+    monkeypatch.setenv("GRADIO_SERVER_PORT", "7000")
+    monkeypatch.setenv("WMOE_CHECKPOINT", "org/wmoe-clip")
+    args = app.parse_args([])
+    assert (args.host, args.port, args.checkpoint) == ("0.0.0.0", 7000, "org/wmoe-clip")
+    args = app.parse_args(["--host", "127.0.0.1", "--port", "9", "--checkpoint", "ckpt"])
+    assert (args.host, args.port, args.checkpoint) == ("127.0.0.1", 9, "ckpt")
+    monkeypatch.delenv("GRADIO_SERVER_NAME")
+    monkeypatch.delenv("WMOE_CHECKPOINT")
+    assert (app.parse_args([]).host, app.parse_args([]).checkpoint) == ("127.0.0.1", None)
+
+
+def test_examples_are_listed_with_class_names():
+    examples = app.load_examples()
+    assert examples and all(Path(path).is_file() and name for path, name in examples)
+
+
+def test_routing_chart():
+    a = np.asarray(routing_chart(np.array([0.7, 0.1, 0.1, 0.1]), np.array([0.2, 0.9, 0.5, 0.4])))
+    b = np.asarray(routing_chart(np.array([0.1, 0.1, 0.1, 0.7]), np.array([0.2, 0.9, 0.5, 0.4])))
+    assert a.shape == b.shape and a.shape[2] == 3 and not np.array_equal(a, b)
+    with pytest.raises(ValueError, match="one weight and one score per expert"):
+        routing_chart(np.ones(3) / 3, np.ones(4))

@@ -1,0 +1,81 @@
+"""A real browser (Debian's Chromium through Playwright) uses the demo: upload, class, Run, example click.
+
+Also writes assets/screenshot.png (the tiny untrained model), which README shows.
+"""
+import shutil
+from pathlib import Path
+
+import pytest
+from app_server import serve
+from PIL import Image
+
+import app
+
+playwright = pytest.importorskip("playwright.sync_api")
+
+REPO = Path(__file__).resolve().parents[1]
+CHROMIUM = Path("/usr/bin/chromium")
+FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+         "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+EXAMPLE = REPO / "assets" / "examples" / "brick_crack.png"
+SCREENSHOT = REPO / "assets" / "screenshot.png"
+MAX_SCREENSHOT_BYTES = 500_000
+
+pytestmark = [pytest.mark.browser,
+              pytest.mark.skipif(not CHROMIUM.exists(), reason="needs Debian's Chromium (apt-get install)")]
+
+
+@pytest.fixture(scope="module")
+def url(tiny_checkpoint):
+    demo, url = serve(*app.load_models(str(tiny_checkpoint)))
+    yield url
+    demo.close()
+
+
+def test_analyze_in_chromium(url, tmp_path):
+    expect = playwright.expect
+    with playwright.sync_playwright() as p:
+        browser = p.chromium.launch_persistent_context(
+            user_data_dir=str(tmp_path / "profile"), executable_path=str(CHROMIUM), headless=True, args=FLAGS,
+            viewport={"width": 1280, "height": 900})
+        try:
+            page = browser.new_page()
+            page.goto(url)
+            expect(page.locator("#banner")).to_contain_text(app.UNTRAINED)
+
+            page.locator("#input-image input[type=file]").set_input_files(str(EXAMPLE))
+            expect(page.locator("#input-image img")).to_be_visible(timeout=15_000)
+            page.locator("#class-name input, #class-name textarea").first.fill("brick wall")
+            page.locator("#run").click()
+            overlay = page.locator("#overlay img")
+            expect(overlay).to_be_visible(timeout=30_000)
+            expect(page.locator("#routing img")).to_be_visible(timeout=30_000)
+            expect(page.locator("#score")).to_contain_text("Score 0.")
+            expect(page.locator("#score")).to_contain_text("brick wall")
+            size = overlay.evaluate("img => [img.naturalWidth, img.naturalHeight]")
+            assert size == list(Image.open(EXAMPLE).size)  # the user's own resolution, not a model square
+            expect(page.locator("#experts img").first).to_be_visible()
+            expect(page.locator("#layers img").first).to_be_visible()
+
+            page.mouse.wheel(0, 5000)  # load the lazy gallery images before the full-page screenshot
+            page.wait_for_function("() => [...document.querySelectorAll('img')].every(i => i.complete)")
+            page.mouse.wheel(0, -5000)
+            raw = tmp_path / "app.png"
+            page.screenshot(path=str(raw), full_page=True)
+
+            page.locator("#examples button.gallery-item").last.click()  # an example runs on click
+            expect(page.locator("#score")).to_contain_text("retina", timeout=30_000)
+        finally:
+            browser.close()
+    shot = Image.open(raw)
+    assert shot.width >= 1280 and shot.height > 900
+    save_small(raw, SCREENSHOT)
+    assert SCREENSHOT.stat().st_size < MAX_SCREENSHOT_BYTES
+
+
+def save_small(source: Path, target: Path):
+    """Copy the screenshot, palette-quantised when the plain PNG is too large for the README."""
+    shutil.copyfile(source, target)
+    if target.stat().st_size >= MAX_SCREENSHOT_BYTES:
+        small = Image.open(source).convert("RGB").quantize(colors=256, method=Image.Quantize.MEDIANCUT)
+        small.save(target, optimize=True)
