@@ -17,7 +17,7 @@ from pathlib import Path
 
 import gradio as gr
 
-from app_views import CTDS_SAMPLES, MAX_BATCH_IMAGES, UNTRAINED, Views, md, public, user_error
+from app_views import CTDS_SAMPLES, MAX_BATCH_IMAGES, UNTRAINED, Views, md, public, unreadable, user_error
 from wmoe import CheckpointError, ConfigError, Detector, WeightsNotFoundError, WMoEConfig
 from wmoe.checkpoint import includes_backbone
 
@@ -91,7 +91,8 @@ def image_input(elem_id: str) -> gr.Image:
 
 def readable_upload_errors(preprocess):
     """gradio opens the upload (PIL) before any handler runs; a file it cannot open would reach the user
-    as a bare "Error", so it becomes a gr.Error that names the file. (Wrapped per instance: a gr.Image
+    as a bare "Error", so it becomes a gr.Error that names the file and gives wmoe's own reason (empty,
+    not an image, too many pixels...), as the Python API and the CLI do. (Wrapped per instance: a gr.Image
     subclass would make gradio write a .pyi stub beside this file.)"""
     def wrapper(payload):
         try:
@@ -99,9 +100,8 @@ def readable_upload_errors(preprocess):
         except gr.Error:
             raise
         except Exception as e:
-            name = html.escape(getattr(payload, "orig_name", None) or "the upload")
-            raise user_error(f"{name}: not an image that can be read (PNG, JPEG, TIFF, BMP, GIF, "
-                             "WebP...)") from e
+            name = getattr(payload, "orig_name", None) or "the upload"
+            raise user_error(html.escape(f"{name}: {unreadable(getattr(payload, 'path', None))}")) from e
     return wrapper
 
 
@@ -242,9 +242,10 @@ def build_app(detector: Detector | None, baseline: Detector | None = None, notic
 
 
 def launch(demo: gr.Blocks, host: str = "127.0.0.1", port: int = 7860, concurrency: int = 1,
-           max_file_size: str = "50mb", block: bool = True, quiet: bool = False):
-    """A queue with a concurrency limit, an upload size limit, no share link; gradio's (app, url, share)."""
-    demo.queue(default_concurrency_limit=concurrency, max_size=32)
+           max_file_size: str = "50mb", block: bool = True, quiet: bool = False, max_queue: int = 32):
+    """A queue with a concurrency limit and at most `max_queue` waiting requests (more are refused with
+    "queue is full"), an upload size limit, no share link; gradio's (app, url, share)."""
+    demo.queue(default_concurrency_limit=concurrency, max_size=max_queue)
     return demo.launch(server_name=host, server_port=port, share=False, max_file_size=max_file_size,
                        show_error=False, run_history=False, css=CSS, prevent_thread_lock=not block,
                        quiet=quiet)

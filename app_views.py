@@ -51,6 +51,7 @@ BATCH_CHUNK = 8  # images per model call in the Batch view
 MAX_BATCH_IMAGES = 100
 MAX_ZIP_MEMBER_BYTES = 50 * 2**20
 THUMB_SIDE = 768  # galleries show at most this; the main overlay keeps the image's own size
+NAME_SHOWN = 100  # characters of a class name the score panel shows (the result JSON keeps all of it)
 
 
 LOADED: dict[int, Detector] = {}  # by id(), filled at start: ZeroGPU's forked worker must inherit them all
@@ -77,6 +78,11 @@ def md(text: str) -> str:
 def public(message: str) -> str:
     """An error message without server folders: absolute paths are cut to their last part."""
     return re.sub(r"(?<![\w.:/])/(?:[^\s/:;,'\"()\[\]]+/)+([^\s/:;,'\"()\[\]]*)", r"\1", message)
+
+
+def short(text: str, limit: int = NAME_SHOWN) -> str:
+    """Long user text cut for display, saying how long it was."""
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text):,} characters in all)"
 
 
 def user_error(message: str, title: str = "Cannot use this input") -> gr.Error:
@@ -138,6 +144,24 @@ def read_upload(path: str) -> Image.Image:
         return load_image(path)
     except ImageError as e:
         raise ImageError(str(e).replace(str(path), Path(path).name)) from None
+
+
+def unreadable(path: str | None) -> str:
+    """Why an upload gradio could not open is no usable image, in wmoe's words (as the API and CLI say it)."""
+    if path:
+        try:
+            read_upload(path)
+        except ImageError as e:
+            return without_name(str(e), Path(path).name)
+    return "not an image that can be read (PNG, JPEG, TIFF, BMP, GIF, WebP...)"
+
+
+def png(image: Image.Image, path: Path) -> str:
+    """A picture for the page, handed to gradio as a PNG file. gradio copies a file into its cache
+    atomically, but rewrites the PNG of an in-memory image in place: two users shown the same picture at
+    the same moment (the same example, say) could each be sent a half-written file."""
+    image.save(path)
+    return str(path)
 
 
 def safe_stem(name: str) -> str:
@@ -257,6 +281,7 @@ class Views:
         if pred.expert_weights is not None:
             chart = routing_chart(pred.expert_weights, pred.expert_scores,
                                   title="SA-MoE routing (this image)")
+            chart = png(chart, self.scratch.new() / "routing.png")
         dtype = str(detector.dtype).replace("torch.", "")
         timings = (f"**Time per stage** on `{detector.device}` ({dtype}): "
                    + ", ".join(f"{k} {v * 1000:.1f} ms" for k, v in pred.timings.items())
@@ -270,12 +295,18 @@ class Views:
         if result is None:  # settings moved before the first run: nothing to redraw
             return tuple(gr.skip() for _ in range(6))
         p, small, stretch = result.pred, result.small, scale == "stretch"
+        folder = self.scratch.new()
+
+        def saved(image: Image.Image, what: str) -> str:
+            return png(image, folder / f"{result.stem}_{what}.png")
+
         shown = overlay(result.image, p.anomaly_map, opacity=opacity, stretch=stretch, threshold=threshold)
+        shown = saved(shown, "overlay")
         warning = f" (**{result.model['warning']}**)" if result.model["warning"] else ""
         area = 100 * float((p.anomaly_map >= threshold).mean())
         lines = [f"### Score {p.score:.3f}: **{decision(p.score, threshold)}** at threshold {threshold:.2f}",
                  f"Model: {result.model['name']}{warning}",
-                 f"Class: {md(p.class_name)} | image {result.image.width}x{result.image.height} px | "
+                 f"Class: {md(short(p.class_name))} | image {result.image.width}x{result.image.height} px | "
                  f"area at or above the threshold: {area:.1f}%",
                  f"CLS-vs-text score {p.cls_score:.3f}"
                  + ("" if p.moe_score is None else f" | SA-MoE score {p.moe_score:.3f}"),
@@ -288,26 +319,26 @@ class Views:
         lines += [f"Note: {md(n)}" for n in p.notes]
         experts = []
         if p.expert_maps is not None:
-            experts = [(overlay(small, emap, opacity=opacity),
+            experts = [(saved(overlay(small, emap, opacity=opacity), f"expert{i + 1}"),
                         f"expert {i + 1}: weight {p.expert_weights[i]:.2f}, score {p.expert_scores[i]:.2f}")
                        for i, emap in enumerate(p.expert_maps)]
-        layers = [(overlay(small, lmap, opacity=opacity, stretch=stretch),
+        layers = [(saved(overlay(small, lmap, opacity=opacity, stretch=stretch), f"layer{layer}"),
                    f"layer {layer}: max {lmap.max():.2f}")
                   for layer, lmap in zip(result.layers, p.layer_maps, strict=True)]
         uncertainty = None
         if p.uncertainty_map is not None:  # a std of probabilities is at most 0.5: the fixed scale is 0..0.5
             u = p.uncertainty_map if stretch else np.clip(p.uncertainty_map / 0.5, 0, 1)
-            uncertainty = Image.fromarray(colorize(u, stretch=stretch))
-        return shown, "\n\n".join(lines), experts, layers, uncertainty, self.downloads(result, threshold)
+            uncertainty = saved(Image.fromarray(colorize(u, stretch=stretch)), "uncertainty")
+        files = self.downloads(result, threshold, folder)
+        return shown, "\n\n".join(lines), experts, layers, uncertainty, files
 
-    def downloads(self, result: Result, threshold: float) -> list[str]:
-        """Raw map (16-bit PNG, .npy; written once) and the result as JSON at this threshold."""
-        folder = self.scratch.new()
+    def downloads(self, result: Result, threshold: float, folder: Path) -> list[str]:
+        """Raw map (16-bit PNG, .npy; written once) and the result as JSON at this threshold, into folder."""
         if not result.map_files or not all(f.is_file() for f in result.map_files):
-            png, npy = folder / f"{result.stem}_map16.png", folder / f"{result.stem}_map.npy"
-            map_to_png16(result.pred.anomaly_map).save(png)
+            png16, npy = folder / f"{result.stem}_map16.png", folder / f"{result.stem}_map.npy"
+            map_to_png16(result.pred.anomaly_map).save(png16)
             np.save(npy, result.pred.anomaly_map)
-            result.map_files = [png, npy]
+            result.map_files = [png16, npy]
         doc = {**result.pred.to_dict(), "threshold": threshold,
                "decision": decision(result.pred.score, threshold), "model": result.model}
         path = folder / f"{result.stem}_result.json"
@@ -334,10 +365,11 @@ class Views:
         lo, hi = (0.0, 1.0)
         if scale == "stretch":  # one scale for all: the joint min..max
             lo, hi = min(m.min() for m in maps), max(m.max() for m in maps)
-        small = thumbnail(image)
-        gallery = [(overlay(small, shrink(stretch_to(p.anomaly_map, lo, hi), small.size), opacity=opacity,
-                            threshold=float(stretch_to(np.float32(threshold), lo, hi))),
-                    f"{name}: {p.score:.3f}") for name, p in runs]
+        small, folder = thumbnail(image), self.scratch.new()
+        cut = float(stretch_to(np.float32(threshold), lo, hi))
+        gallery = [(png(overlay(small, shrink(stretch_to(p.anomaly_map, lo, hi), small.size), opacity=opacity,
+                                threshold=cut), folder / f"variant{i}.png"), f"{name}: {p.score:.3f}")
+                   for i, (name, p) in enumerate(runs)]
         table = ["| variant | image score | decision | CLS score | SA-MoE score |",
                  "|---|---:|---|---:|---:|"]
         table += [f"| {name} | {p.score:.3f} | {decision(p.score, threshold)} | {p.cls_score:.3f} | "

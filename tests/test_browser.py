@@ -65,6 +65,15 @@ def test_analyze_in_chromium(url, tmp_path):
 
             page.locator("#examples button.gallery-item").last.click()  # an example runs on click
             expect(page.locator("#score")).to_contain_text("retina", timeout=30_000)
+
+            dialogs = []  # markup typed as the class name is shown as text, never run
+            page.on("dialog", lambda dialog: dialogs.append(dialog.message) or dialog.dismiss())
+            hostile = "<img src=x onerror=alert(1)> <script>alert(2)</script> **bold**"
+            page.locator("#class-name input, #class-name textarea").first.fill(hostile)
+            page.locator("#run").click()
+            expect(page.locator("#score")).to_contain_text(hostile, timeout=30_000)
+            assert page.locator("#score img, #score script").count() == 0 and not dialogs
+            assert page.locator("#score strong", has_text="bold").count() == 0
         finally:
             browser.close()
     shot = Image.open(raw)

@@ -52,6 +52,8 @@ def _open(buffer: io.BytesIO, name: str) -> Image.Image:
             im.seek(0)  # animated formats: the first frame
             im.load()
             return _to_rgb(im, name)
+    except ImageError:  # already says what is wrong (e.g. too many pixels): not "damaged"
+        raise
     except Image.DecompressionBombError as e:
         raise ImageError(f"{name}: image too large ({e}); the limit is {MAX_PIXELS:,} pixels") from e
     except UnidentifiedImageError as e:
