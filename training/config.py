@@ -1,0 +1,245 @@
+"""The training recipe as a YAML file: model, data, optimiser, loss, evaluation and checkpointing.
+
+Strict: an unknown or mistyped key is an error naming the file and the key, never ignored, so a
+typo cannot silently train with a default. Paths are relative to the working directory, except
+that "{output}" stands for the run's output folder (used for generated synthetic data).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import inspect
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from wmoe.config import ConfigError, WMoEConfig
+from wmoe.loss import LossWeights
+from wmoe.synthetic import generate
+
+
+class TrainConfigError(ValueError):
+    """A training YAML that cannot be used; the message names the file and the key."""
+
+
+@dataclass
+class DataSource:
+    """A prepared dataset: its root, its meta.json (relative to the root) and the classes to use."""
+
+    root: str
+    meta: str = "meta.json"
+    classes: list[str] | None = None  # None = every class in the meta file
+    name: str = ""  # label in the results (default: the root folder's name)
+
+
+@dataclass
+class Optim:
+    lr: float = 1e-3
+    betas: tuple[float, float] = (0.5, 0.999)
+    batch_size: int = 8  # per process; the effective batch is batch_size x number of processes
+    epochs: int = 15
+    grad_clip: float = 1.0  # max global gradient norm; 0 = no clipping
+    schedule: str = "constant"  # constant (the anchors) | cosine (decay to 0 over the run)
+    num_workers: int = 0  # DataLoader worker processes
+
+
+@dataclass
+class Eval:
+    batch_size: int = 32
+    map_size: int = 256  # maps and masks are stored at min(map_size, image_size) for the pixel metrics
+    untrained: bool = False  # also evaluate the initial heads (the "untrained" block of metrics.json)
+    datasets: list[DataSource] = field(default_factory=list)
+
+
+@dataclass
+class Checkpoint:
+    every_steps: int = 0  # also save the training state every N steps (0 = at the end of each epoch only)
+    keep: int = 2  # training states kept on disk (the newest ones)
+
+
+@dataclass
+class TrainConfig:
+    model: WMoEConfig
+    train: DataSource
+    seed: int = 0
+    device: str = "auto"  # auto | cpu | cuda
+    precision: str = "auto"  # auto (bf16 autocast on a CUDA GPU that supports it, else fp32) | fp32 | bf16
+    cpu_threads: int = 0  # torch CPU threads of each process; 0 = PyTorch's default (one per core)
+    # datasets generated before training: wmoe.synthetic.generate arguments, with a root
+    synthetic: list[dict] = field(default_factory=list)
+    optim: Optim = field(default_factory=Optim)
+    loss: LossWeights = field(default_factory=LossWeights)
+    eval: Eval = field(default_factory=Eval)
+    checkpoint: Checkpoint = field(default_factory=Checkpoint)
+    text: str = field(default="", repr=False)  # the YAML as written, saved beside the checkpoint
+
+    @property
+    def sha256(self) -> str:
+        """Fingerprint of the recipe; --resume refuses a state written under another recipe."""
+        return hashlib.sha256(self.text.encode()).hexdigest()
+
+
+def load_config(path: str | Path, output: str | Path) -> TrainConfig:
+    """Read and check a training YAML; "{output}" in paths becomes `output`."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+        raw = yaml.safe_load(text)
+    except OSError as e:
+        raise TrainConfigError(f"{path}: cannot read the training config ({e})") from e
+    except yaml.YAMLError as e:
+        raise TrainConfigError(f"{path}: not valid YAML ({e})") from e
+    if not isinstance(raw, dict):
+        raise TrainConfigError(f"{path}: expected a mapping of sections (model, train, optim, ...)")
+    where = str(path)
+    raw = _substitute(raw, str(Path(output)))
+    _check_keys(
+        raw, {f.name for f in dataclasses.fields(TrainConfig)} - {"text"}, where, required={"model", "train"}
+    )
+    model = _model(raw["model"], raw.get("seed", 0), f"{where}: model")
+    cfg = TrainConfig(
+        model=model,
+        train=_section(DataSource, raw["train"], f"{where}: train"),
+        seed=_typed(raw.get("seed", 0), int, f"{where}: seed"),
+        device=_choice(raw.get("device", "auto"), ("auto", "cpu", "cuda"), f"{where}: device"),
+        precision=_choice(raw.get("precision", "auto"), ("auto", "fp32", "bf16"), f"{where}: precision"),
+        cpu_threads=_typed(raw.get("cpu_threads", 0), int, f"{where}: cpu_threads"),
+        synthetic=[
+            _synthetic(s, f"{where}: synthetic[{i}]") for i, s in enumerate(_listed(raw, "synthetic", where))
+        ],
+        optim=_section(Optim, raw.get("optim") or {}, f"{where}: optim"),
+        loss=_section(LossWeights, raw.get("loss") or {}, f"{where}: loss"),
+        eval=_eval(raw.get("eval") or {}, f"{where}: eval"),
+        checkpoint=_section(Checkpoint, raw.get("checkpoint") or {}, f"{where}: checkpoint"),
+        text=text,
+    )
+    o = cfg.optim
+    if o.lr <= 0 or o.batch_size < 1 or o.epochs < 1 or o.grad_clip < 0 or o.num_workers < 0:
+        raise TrainConfigError(
+            f"{where}: optim needs lr > 0, batch_size >= 1, epochs >= 1, grad_clip >= 0, num_workers >= 0"
+        )
+    betas = o.betas if isinstance(o.betas, (list, tuple)) else [o.betas]
+    if len(betas) != 2 or not all(isinstance(b, (int, float)) and 0 <= b < 1 for b in betas):
+        raise TrainConfigError(f"{where}: optim.betas must be two numbers in [0, 1), got {o.betas!r}")
+    o.betas = (float(betas[0]), float(betas[1]))
+    _choice(o.schedule, ("constant", "cosine"), f"{where}: optim.schedule")
+    if (
+        cfg.eval.batch_size < 1
+        or cfg.eval.map_size < 8
+        or cfg.checkpoint.keep < 1
+        or cfg.checkpoint.every_steps < 0
+    ):
+        raise TrainConfigError(
+            f"{where}: eval.batch_size >= 1, eval.map_size >= 8, checkpoint.keep >= 1 and "
+            "checkpoint.every_steps >= 0 are required"
+        )
+    return cfg
+
+
+def _listed(raw: dict, key: str, where: str) -> list:
+    value = raw.get(key) or []
+    if not isinstance(value, list):
+        raise TrainConfigError(f"{where}: {key} must be a list, got {type(value).__name__}")
+    return value
+
+
+def _substitute(value, output: str):
+    if isinstance(value, str):
+        return value.replace("{output}", output)
+    if isinstance(value, list):
+        return [_substitute(v, output) for v in value]
+    if isinstance(value, dict):
+        return {k: _substitute(v, output) for k, v in value.items()}
+    return value
+
+
+def _check_keys(d, known: set[str], where: str, required: set[str] = frozenset()):
+    if not isinstance(d, dict):
+        raise TrainConfigError(f"{where}: expected a mapping, got {type(d).__name__}")
+    unknown = sorted(set(d) - known)
+    if unknown:
+        raise TrainConfigError(f"{where}: unknown key(s) {unknown}; known: {sorted(known)}")
+    missing = sorted(required - set(d))
+    if missing:
+        raise TrainConfigError(f"{where}: missing key(s) {missing}")
+
+
+def _typed(value, kind, where: str):
+    if kind is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if not isinstance(value, kind) or (kind is not bool and isinstance(value, bool)):
+        raise TrainConfigError(f"{where}: expected {kind.__name__}, got {value!r}")
+    return value
+
+
+def _choice(value, choices: tuple[str, ...], where: str) -> str:
+    if value not in choices:
+        raise TrainConfigError(f"{where}: expected one of {list(choices)}, got {value!r}")
+    return value
+
+
+def _section(cls, d, where: str):
+    """A dataclass from a mapping: unknown keys are errors, scalar types are checked against the defaults."""
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    required = {
+        n
+        for n, f in fields.items()
+        if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+    }
+    _check_keys(d, set(fields), where, required)
+    values = {}
+    for name, value in d.items():
+        default = fields[name].default
+        if isinstance(default, (bool, int, float, str)):
+            value = _typed(value, type(default), f"{where}.{name}")
+        values[name] = value
+    try:
+        obj = cls(**values)
+    except (TypeError, ValueError) as e:
+        raise TrainConfigError(f"{where}: {e}") from e
+    if isinstance(obj, DataSource):
+        if not isinstance(obj.root, str):
+            raise TrainConfigError(f"{where}.root: expected a folder path, got {obj.root!r}")
+        if obj.classes is not None and not (
+            isinstance(obj.classes, list) and all(isinstance(c, str) for c in obj.classes)
+        ):
+            raise TrainConfigError(f"{where}.classes: expected a list of class names, got {obj.classes!r}")
+        obj.name = obj.name or Path(obj.root).name
+    return obj
+
+
+def _model(d, seed: int, where: str) -> WMoEConfig:
+    """`tiny: true` starts from WMoEConfig.tiny(); other keys are WMoEConfig fields; seed: the run's."""
+    if not isinstance(d, dict):
+        raise TrainConfigError(f"{where}: expected a mapping of WMoEConfig fields (or tiny: true)")
+    d = dict(d)
+    tiny = _typed(d.pop("tiny", False), bool, f"{where}.tiny")
+    known = {f.name for f in dataclasses.fields(WMoEConfig)}
+    _check_keys(d, known, where)
+    d.setdefault("seed", seed)
+    try:
+        return WMoEConfig.tiny(**d) if tiny else WMoEConfig(**d)
+    except (ConfigError, TypeError, ValueError) as e:
+        raise TrainConfigError(f"{where}: {e}") from e
+
+
+def _synthetic(d, where: str) -> dict:
+    """Arguments of wmoe.synthetic.generate (root required); checked against its signature."""
+    known = set(inspect.signature(generate).parameters)
+    _check_keys(d, known, where, required={"root"})
+    return dict(d)
+
+
+def _eval(d, where: str) -> Eval:
+    d = dict(d)
+    datasets = d.pop("datasets", None) or []
+    if not isinstance(datasets, list):
+        raise TrainConfigError(f"{where}.datasets: expected a list of {{root, meta, classes, name}}")
+    ev = _section(Eval, d, where)
+    ev.datasets = [_section(DataSource, s, f"{where}.datasets[{i}]") for i, s in enumerate(datasets)]
+    names = [s.name for s in ev.datasets]
+    if len(set(names)) != len(names):
+        raise TrainConfigError(f"{where}.datasets: names must be unique (set name:), got {names}")
+    return ev

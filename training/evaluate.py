@@ -1,0 +1,350 @@
+"""Evaluate any WMoE-CLIP checkpoint on any prepared dataset: per-class and mean metrics (zero-shot protocol).
+
+    python training/evaluate.py --checkpoint runs/mvtec --data data/visa --out runs/mvtec/eval/visa
+
+Writes results.md (x100, one decimal), results.csv and metrics.json (fractions in 0..1). The model
+sees each image through the inference preprocessing (wmoe.preprocess) and gives the same anomaly map
+and image score as wmoe.Detector. Memory stays modest: classes are evaluated one at a time, and each
+class's maps and masks are kept at min(--map-size, model input size) pixels a side (float32 maps, uint8
+masks: 5 bytes per pixel, plus about 12 bytes per pixel while its metrics are computed), and only for
+images whose masks are known (none for image-label-only classes).
+Runs under torchrun too: each process takes a share of every class and the results are gathered.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import json
+import math
+import sys
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+if __package__ in (None, ""):  # run as `python training/evaluate.py`: make the repository root importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader, Subset
+from tqdm import tqdm
+
+from training.data import MetaDataset, MetaError
+from training.distributed import (
+    DeviceError,
+    World,
+    all_gather_rows,
+    autocast_dtype,
+    close_world,
+    init_world,
+    shard,
+)
+from wmoe import load_model
+from wmoe import metrics as M
+from wmoe.checkpoint import CheckpointError
+from wmoe.config import ConfigError
+from wmoe.hub import WeightsNotFoundError
+from wmoe.preprocess import ImageError
+
+METRICS = (
+    "image_auroc",
+    "image_ap",
+    "image_f1_max",
+    "pixel_auroc",
+    "pixel_ap",
+    "pixel_f1_max",
+    "pixel_aupro",
+)
+PIXEL = METRICS[3:]
+
+
+@torch.no_grad()
+def evaluate(
+    model,
+    dataset: MetaDataset,
+    world: World | None = None,
+    *,
+    batch_size: int = 32,
+    dtype: torch.dtype = torch.float32,
+    num_workers: int = 0,
+    progress: bool = True,
+    desc: str | None = None,
+) -> dict | None:
+    """Metrics of `model` on `dataset`, class by class: {"mean", "per_class", "counts", "images", "map_size"}.
+
+    Every process must call it; the result is returned on the main process (None on the others).
+    Pixel metrics use only images whose masks are known (see training/data.py); a class with a single
+    label gives NaN for that metric, and the mean skips NaN (wmoe.metrics.macro_mean).
+    """
+    world = world or World(device=next(model.parameters()).device)
+    was_training = model.training
+    model.eval()
+    size = dataset.mask_size
+    total = sum(len(shard(dataset.indices_of(c), world)) for c in dataset.classes)
+    bar = tqdm(
+        total=total,
+        desc=desc or f"evaluate {dataset.name}",
+        unit="img",
+        disable=not (progress and world.main),
+        dynamic_ncols=True,
+        mininterval=0.5 if sys.stderr.isatty() else 15,
+    )
+    per_class, counts = {}, {}
+    try:
+        for cls in dataset.classes:
+            rows = _predict(
+                model,
+                Subset(dataset, shard(dataset.indices_of(cls), world)),
+                world,
+                size,
+                batch_size,
+                dtype,
+                num_workers,
+                bar,
+            )
+            rows = {k: all_gather_rows(v, world) for k, v in rows.items()}
+            if world.main:
+                per_class[cls], counts[cls] = _class_metrics(rows)
+    finally:
+        bar.close()
+        model.train(was_training)
+    if not world.main:
+        return None
+    return {
+        "mean": M.macro_mean(per_class),
+        "per_class": per_class,
+        "counts": counts,
+        "images": sum(c["images"] for c in counts.values()),
+        "map_size": size,
+    }
+
+
+def _predict(
+    model, subset: Subset, world: World, size: int, batch_size: int, dtype: torch.dtype, num_workers: int, bar
+) -> dict[str, torch.Tensor]:
+    """This process's share of one class: index, label, score of every image; map and mask of the images whose
+    masks are known (the others need no pixels kept)."""
+    loader = DataLoader(
+        subset,
+        batch_size=batch_size,
+        shuffle=False,
+        num_workers=num_workers,
+        generator=torch.Generator().manual_seed(0),
+    )  # never touches the global RNG
+    device = world.device
+    out = {
+        "index": [torch.zeros(0, dtype=torch.long)],
+        "label": [torch.zeros(0, dtype=torch.long)],
+        "score": [torch.zeros(0)],
+        "pixel_index": [torch.zeros(0, dtype=torch.long)],
+        "map": [torch.zeros(0, size, size)],
+        "mask": [torch.zeros(0, size, size, dtype=torch.uint8)],
+    }
+    for batch in loader:
+        with torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32):
+            pred = model(batch["image"].to(device, non_blocking=True), list(batch["class_name"]))
+        known = batch["has_mask"].bool()
+        out["index"].append(batch["index"].long())
+        out["label"].append(batch["label"].long())
+        out["score"].append(pred.image_score.float().cpu())
+        if known.any():
+            amap = pred.anomaly_map.float()[known.to(device)][:, None]
+            if amap.shape[-1] != size:
+                amap = F.interpolate(amap, size=(size, size), mode="bilinear", align_corners=False)
+            out["pixel_index"].append(batch["index"][known].long())
+            out["map"].append(amap[:, 0].cpu())
+            out["mask"].append(batch["mask"][known].to(torch.uint8))  # uint8: every backend can gather it
+        bar.update(len(batch["index"]))
+    return {k: torch.cat(v) for k, v in out.items()}
+
+
+def _class_metrics(rows: dict[str, torch.Tensor]) -> tuple[dict[str, float], dict[str, int]]:
+    order = torch.argsort(rows["index"])  # dataset order, whatever the number of processes
+    labels, scores = rows["label"][order].numpy(), rows["score"][order].numpy()
+    result = {k: math.nan for k in METRICS}
+    pixel_order = torch.argsort(rows["pixel_index"])
+    if len(pixel_order):
+        masks = rows["mask"][pixel_order].numpy().astype(bool)
+        maps = rows["map"][pixel_order].numpy()
+        position = {int(i): k for k, i in enumerate(rows["index"][order])}
+        known = [position[int(i)] for i in rows["pixel_index"][pixel_order]]
+        pixel = M.compute_all(labels[known], scores[known], masks, maps)
+        result.update({k: pixel[k] for k in PIXEL})
+    result.update(M.compute_all(labels, scores))
+    counts = {
+        "images": int(len(labels)),
+        "anomalous": int(labels.sum()),
+        "pixel_annotated": int(len(pixel_order)),
+    }
+    return {k: float(result[k]) for k in METRICS}, counts
+
+
+def combine(results: dict[str, dict]) -> dict:
+    """Several datasets into one result: per_class keys "dataset/class", per_dataset means, and the mean
+    over datasets (each dataset counts once). A single dataset is returned as is."""
+    if len(results) == 1:
+        return next(iter(results.values()))
+    per_class = {f"{d}/{c}": m for d, r in results.items() for c, m in r["per_class"].items()}
+    counts = {f"{d}/{c}": m for d, r in results.items() for c, m in r["counts"].items()}
+    per_dataset = {d: r["mean"] for d, r in results.items()}
+    return {
+        "mean": M.macro_mean(per_dataset),
+        "per_class": per_class,
+        "counts": counts,
+        "per_dataset": per_dataset,
+        "images": sum(r["images"] for r in results.values()),
+        "map_size": max(r["map_size"] for r in results.values()),
+    }
+
+
+def _pct(v: float) -> str:
+    return "n/a" if v is None or math.isnan(v) else f"{100 * v:.1f}"
+
+
+def markdown_table(result: dict) -> str:
+    """Per-class rows and a mean row, metrics x100 with one decimal; n/a where a class has a single label."""
+    head = "| class | images | anomalous | " + " | ".join(METRICS) + " |"
+    lines = [head, "|" + "---|" * (3 + len(METRICS))]
+    for cls, m in result["per_class"].items():
+        c = result["counts"][cls]
+        lines.append(
+            f"| {cls} | {c['images']} | {c['anomalous']} | " + " | ".join(_pct(m[k]) for k in METRICS) + " |"
+        )
+    for name, m in (result.get("per_dataset") or {}).items():
+        lines.append(
+            f"| **{name} (mean)** | | | " + " | ".join(_pct(m.get(k, math.nan)) for k in METRICS) + " |"
+        )
+    lines.append(
+        f"| **mean** | {result['images']} | | "
+        + " | ".join(_pct(result["mean"].get(k, math.nan)) for k in METRICS)
+        + " |"
+    )
+    return "\n".join(lines) + "\n"
+
+
+def csv_text(result: dict) -> str:
+    """One row per class and a final "mean" row; metrics as fractions in 0..1 (nan where undefined)."""
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(["class", "images", "anomalous", "pixel_annotated", *METRICS])
+    for cls, m in result["per_class"].items():
+        c = result["counts"][cls]
+        w.writerow(
+            [cls, c["images"], c["anomalous"], c["pixel_annotated"], *(f"{m[k]:.6f}" for k in METRICS)]
+        )
+    w.writerow(
+        ["mean", result["images"], "", "", *(f"{result['mean'].get(k, math.nan):.6f}" for k in METRICS)]
+    )
+    return buf.getvalue()
+
+
+def to_json(obj) -> str:
+    """JSON with NaN written as null (strict JSON readers reject NaN)."""
+
+    def clean(v):
+        if isinstance(v, float) and not math.isfinite(v):
+            return None
+        if isinstance(v, dict):
+            return {k: clean(x) for k, x in v.items()}
+        if isinstance(v, (list, tuple)):
+            return [clean(x) for x in v]
+        return v
+
+    return json.dumps(clean(obj), indent=2) + "\n"
+
+
+def write_results(result: dict, out: str | Path, extra: dict | None = None, title: str = "") -> None:
+    """results.md, results.csv and metrics.json in `out`."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    note = "Metrics x100, one decimal; n/a = undefined (a class with a single label, or no pixel masks).\n"
+    (out / "results.md").write_text(
+        (f"# {title}\n\n" if title else "") + note + "\n" + markdown_table(result)
+    )
+    (out / "results.csv").write_text(csv_text(result))
+    (out / "metrics.json").write_text(to_json({**result, **(extra or {})}))
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="training/evaluate.py", description=__doc__.splitlines()[0])
+    ap.add_argument(
+        "--checkpoint", required=True, help="checkpoint folder (config.json + model.safetensors) or Hub id"
+    )
+    ap.add_argument("--data", required=True, help="dataset root (prepared with training/prepare_data.py)")
+    ap.add_argument("--meta", default="meta.json", help="meta file, relative to --data (default meta.json)")
+    ap.add_argument("--classes", nargs="+", default=None, help="evaluate only these classes")
+    ap.add_argument("--out", required=True, help="folder for results.md, results.csv and metrics.json")
+    ap.add_argument("--batch-size", type=int, default=32)
+    ap.add_argument(
+        "--map-size", type=int, default=256, help="side of the stored maps and masks (default 256)"
+    )
+    ap.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    ap.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16"))
+    ap.add_argument("--num-workers", type=int, default=0)
+    ap.add_argument(
+        "--cpu-threads", type=int, default=0, help="torch CPU threads (default: PyTorch's, one per core)"
+    )
+    ap.add_argument("--no-progress", action="store_true")
+    args = ap.parse_args(argv)
+    if args.batch_size < 1 or args.map_size < 8 or args.num_workers < 0 or args.cpu_threads < 0:
+        ap.error("--batch-size >= 1, --map-size >= 8, --num-workers >= 0 and --cpu-threads >= 0 are required")
+    world, threads = None, torch.get_num_threads()
+    if args.cpu_threads:
+        torch.set_num_threads(args.cpu_threads)
+    try:
+        world = init_world(args.device)
+        model, info = load_model(args.checkpoint)
+        model.to(world.device)
+        size = model.config.image_size
+        dataset = MetaDataset(
+            args.data,
+            args.meta,
+            args.classes,
+            image_size=size,
+            mean=model.backbone.mean,
+            std=model.backbone.std,
+            mask_size=min(args.map_size, size),
+        )
+        dtype = autocast_dtype(world.device, args.precision)
+        if world.main and not info.get("trained"):
+            print(f"note: {args.checkpoint} is marked UNTRAINED in its config.json", file=sys.stderr)
+        start = time.perf_counter()
+        result = evaluate(
+            model,
+            dataset,
+            world,
+            batch_size=args.batch_size,
+            dtype=dtype,
+            num_workers=args.num_workers,
+            progress=not args.no_progress,
+        )
+        if world.main:
+            extra = {
+                "checkpoint": str(args.checkpoint),
+                "trained": bool(info.get("trained")),
+                "data": str(args.data),
+                "meta": str(args.meta),
+                "classes": args.classes,
+                "device": str(world.device),
+                "precision": str(dtype).replace("torch.", ""),
+                "processes": world.size,
+                "seconds": round(time.perf_counter() - start, 2),
+                "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            }
+            write_results(result, args.out, extra, title=f"{args.checkpoint} on {args.data}")
+            print(markdown_table(result), end="")
+            print(f"wrote {Path(args.out) / 'results.md'}, results.csv, metrics.json")
+    except (MetaError, CheckpointError, ConfigError, WeightsNotFoundError, ImageError, DeviceError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    finally:
+        torch.set_num_threads(threads)
+        if world is not None:
+            close_world(world)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
