@@ -137,8 +137,8 @@ class Detector:
         def resize(maps):  # (C, h, w) -> numpy (C, H, W) float32 at the image size
             return F.interpolate(maps[None].float(), size=size, mode="bilinear", align_corners=False)[0].cpu().numpy()
 
-        def clip01(a):
-            return np.clip(a, 0.0, 1.0).astype(np.float32)
+        def clip01(a):  # in place: at a photo's size each map set is hundreds of MB, copies add up
+            return np.clip(a, 0.0, 1.0, out=a)
 
         pred = Prediction(score=float(out.image_score[i]), anomaly_map=clip01(resize(out.anomaly_map[i][None])[0]),
                           layer_maps=clip01(resize(out.layer_maps[i])), cls_score=float(out.cls_score[i]),
@@ -150,5 +150,5 @@ class Detector:
             pred.expert_maps = clip01(resize(maps / maps.flatten(1).amax(1).clamp_min(1e-12)[:, None, None]))
             pred.moe_score = float(out.moe_score[i])
         if out.uncertainty_map is not None:
-            pred.uncertainty_map = resize(out.uncertainty_map[i][None])[0].astype(np.float32)
+            pred.uncertainty_map = resize(out.uncertainty_map[i][None])[0]
         return pred

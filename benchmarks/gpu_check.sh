@@ -1,0 +1,81 @@
+#!/usr/bin/env bash
+# One prepared GPU check: every benchmark on a CUDA GPU in under 8 minutes; JSON lines into OUTDIR.
+#
+#   bash benchmarks/gpu_check.sh OUTDIR                 # on a machine with a CUDA GPU
+#   WMOE_BENCH_QUICK=1 bash benchmarks/gpu_check.sh OUTDIR   # tiny settings on any machine (proves it runs)
+#
+# Needs only a Python with requirements.txt installed (PYTHON=... to choose one; default: .venv if
+# present, else python3). Missing packages are installed with pip if PyPI is reachable; if not, it
+# says so and stops. Each benchmark has its own time limit, so one that hangs cannot eat the rest.
+# Writes OUTDIR/<benchmark>.jsonl (one JSON line per measurement), OUTDIR/<benchmark>.log (stderr),
+# OUTDIR/env.txt (GPU, versions) and OUTDIR/summary.txt (exit status and seconds per benchmark).
+set -u -o pipefail
+
+OUT=${1:?usage: bash benchmarks/gpu_check.sh OUTDIR}
+mkdir -p "$OUT" || exit 1
+OUT=$(cd "$OUT" && pwd)
+cd "$(dirname "$0")/.." || exit 1
+QUICK=${WMOE_BENCH_QUICK:-0}
+export WMOE_BENCH_QUICK=$QUICK HF_HUB_OFFLINE=1 GRADIO_ANALYTICS_ENABLED=False MPLBACKEND=Agg PYTHONUNBUFFERED=1
+if [ -n "${PYTHON:-}" ]; then PY=$PYTHON; elif [ -x .venv/bin/python ]; then PY=.venv/bin/python; else PY=python3; fi
+START=$(date +%s)
+say() { echo "[gpu_check $(( $(date +%s) - START ))s] $*" | tee -a "$OUT/summary.txt"; }
+
+# --- environment: imports, then CUDA -------------------------------------------------------------
+CHECK='import torch, open_clip, pytorch_wavelets, safetensors, gradio, gradio_client, sklearn, skimage'
+if ! "$PY" -c "$CHECK" 2>/dev/null; then
+    say "some requirements are missing; trying pip (PyPI may be unreachable from this machine)"
+    # torch is never reinstalled here: a GPU machine's own CUDA build of torch must stay
+    grep -v -E '^(torch|torchvision)==' requirements.txt > "$OUT/requirements-no-torch.txt"
+    timeout 120 "$PY" -m pip install --quiet --retries 1 --timeout 15 -r "$OUT/requirements-no-torch.txt" scikit-image \
+        >> "$OUT/pip.log" 2>&1 || say "pip install failed (offline?); see pip.log"
+fi
+if ! "$PY" -c "import torch, open_clip" 2>> "$OUT/env.txt"; then
+    say "FATAL: '$PY' cannot import torch and open_clip; install requirements.txt first (see env.txt)"
+    exit 2
+fi
+"$PY" - > "$OUT/env.txt" 2>&1 <<'EOF'
+import platform, torch, open_clip
+print("python", platform.python_version(), "| torch", torch.__version__, "| open_clip", open_clip.__version__)
+print("cuda available:", torch.cuda.is_available(), "| cuda", torch.version.cuda)
+for i in range(torch.cuda.device_count()):
+    print(f"gpu {i}:", torch.cuda.get_device_name(i), f"{torch.cuda.get_device_properties(i).total_memory / 2**30:.0f} GiB")
+EOF
+command -v nvidia-smi > /dev/null && nvidia-smi >> "$OUT/env.txt" 2>&1
+if [ "$QUICK" != 1 ] && ! "$PY" -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)"; then
+    say "FATAL: no CUDA GPU visible to torch (see env.txt); WMOE_BENCH_QUICK=1 runs tiny settings on CPU"
+    exit 3
+fi
+
+# --- the benchmarks (full settings on a GPU; tiny ones with WMOE_BENCH_QUICK=1) -------------------
+if [ "$QUICK" = 1 ]; then
+    LAT="--reps 2"; LAT8="--reps 1"; THR="--reps 2"; MEM=""; APP="--reps 2"
+    MET="--n 4 --size 64 --ref-n 2 --exact-n 2 --exact-size 32"
+else
+    LAT="--reps 20 --dtype fp32,bf16,fp16"; LAT8="--reps 5"; THR="--reps 10"; MEM=""; APP="--reps 10"
+    MET="--n 200 --size 518 --ref-n 10"
+fi
+DEADLINE=$(( START + 465 ))  # the whole check, setup included, stays under 8 minutes
+FAILED=0
+run() {  # name, time limit in seconds, command...; the limit shrinks to what is left before DEADLINE
+    local name=$1 limit=$2 left t0 rc
+    shift 2
+    left=$(( DEADLINE - $(date +%s) ))
+    [ "$left" -lt "$limit" ] && limit=$left
+    if [ "$limit" -lt 15 ]; then say "$name: SKIPPED, out of time"; FAILED=$((FAILED + 1)); return; fi
+    t0=$(date +%s)
+    timeout "$limit" "$@" > "$OUT/$name.jsonl" 2> "$OUT/$name.log"
+    rc=$?
+    say "$name: exit $rc in $(( $(date +%s) - t0 ))s, $(wc -l < "$OUT/$name.jsonl") JSON lines$([ $rc = 124 ] && echo ", stopped at the ${limit}s limit")"
+    [ $rc = 0 ] || { FAILED=$((FAILED + 1)); tail -n 5 "$OUT/$name.log" | sed 's/^/    /' | tee -a "$OUT/summary.txt"; }
+}
+# in order of importance; the last two are extras
+run latency         80 "$PY" benchmarks/latency.py $LAT
+run throughput      55 "$PY" benchmarks/throughput.py $THR
+run memory         110 "$PY" benchmarks/memory.py $MEM
+run app_request     65 "$PY" benchmarks/app_request.py $APP
+run metrics_speed   75 "$PY" benchmarks/metrics_speed.py $MET
+run latency_batch8  45 "$PY" benchmarks/latency.py --batch 8 $LAT8
+run throughput_bf16 40 "$PY" benchmarks/throughput.py --dtype bf16 $THR
+say "done: $FAILED failed or skipped; total $(( $(date +%s) - START ))s; results in $OUT"
+[ $FAILED = 0 ]
