@@ -7,7 +7,7 @@ skipped per call (`skip=`) so one loaded model serves the ablations of the Compa
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -40,10 +40,6 @@ class WMoEOutput:
     mu: torch.Tensor | None = None  # (B, latent) CTDS posterior mean
     logvar: torch.Tensor | None = None
     uncertainty_map: torch.Tensor | None = None  # (B, H, W) std of the map over CTDS samples
-
-    def detach(self) -> WMoEOutput:
-        return WMoEOutput(**{f.name: None if getattr(self, f.name) is None else getattr(self, f.name).detach()
-                             for f in fields(self)})
 
 
 class WMoECLIP(nn.Module):
