@@ -52,7 +52,7 @@ if [ "$QUICK" = 1 ]; then
     LAT="--reps 2"; LAT8="--reps 1"; THR="--reps 2"; MEM=""; APP="--reps 2"
     MET="--n 4 --size 64 --ref-n 2 --exact-n 2 --exact-size 32"
 else
-    LAT="--reps 20 --dtype fp32,bf16,fp16"; LAT8="--reps 5"; THR="--reps 10"; MEM=""; APP="--reps 10"
+    LAT="--reps 20 --dtype fp32,bf16,fp16"; LAT8="--reps 5"; THR="--reps 10"; MEM=""; APP="--reps 3"
     MET="--n 200 --size 518 --ref-n 10"
 fi
 DEADLINE=$(( START + 465 ))  # the whole check, setup included, stays under 8 minutes
@@ -73,7 +73,7 @@ run() {  # name, time limit in seconds, command...; the limit shrinks to what is
 run latency         80 "$PY" benchmarks/latency.py $LAT
 run throughput      55 "$PY" benchmarks/throughput.py $THR
 run memory         110 "$PY" benchmarks/memory.py $MEM
-run app_request     65 "$PY" benchmarks/app_request.py $APP
+run app_request     80 "$PY" benchmarks/app_request.py $APP
 run metrics_speed   75 "$PY" benchmarks/metrics_speed.py $MET
 run latency_batch8  45 "$PY" benchmarks/latency.py --batch 8 $LAT8
 run throughput_bf16 40 "$PY" benchmarks/throughput.py --dtype bf16 $THR
