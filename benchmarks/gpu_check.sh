@@ -22,12 +22,16 @@ START=$(date +%s)
 say() { echo "[gpu_check $(( $(date +%s) - START ))s] $*" | tee -a "$OUT/summary.txt"; }
 
 # --- environment: imports, then CUDA -------------------------------------------------------------
-CHECK='import torch, open_clip, pytorch_wavelets, safetensors, gradio, gradio_client, sklearn, skimage'
+CHECK='import torch, open_clip, pytorch_wavelets, safetensors, gradio, gradio_client, sklearn'
 if ! "$PY" -c "$CHECK" 2>/dev/null; then
     say "some requirements are missing; trying pip (PyPI may be unreachable from this machine)"
-    # torch is never reinstalled here: a GPU machine's own CUDA build of torch must stay
-    grep -v -E '^(torch|torchvision)==' requirements.txt > "$OUT/requirements-no-torch.txt"
-    timeout 120 "$PY" -m pip install --quiet --retries 1 --timeout 15 -r "$OUT/requirements-no-torch.txt" scikit-image \
+    # a torch that imports is kept (a GPU machine's own CUDA build must stay); the rest is pinned
+    if "$PY" -c "import torch" 2>/dev/null; then
+        grep -v -E '^(torch|torchvision)==' requirements.txt > "$OUT/requirements-to-install.txt"
+    else
+        cp requirements.txt "$OUT/requirements-to-install.txt"
+    fi
+    timeout 240 "$PY" -m pip install --quiet --retries 1 --timeout 15 -r "$OUT/requirements-to-install.txt" \
         >> "$OUT/pip.log" 2>&1 || say "pip install failed (offline?); see pip.log"
 fi
 if ! "$PY" -c "import torch, open_clip" 2>> "$OUT/env.txt"; then
