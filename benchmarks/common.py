@@ -89,6 +89,7 @@ def build_config(backbone: str, image_size: int):
 
 
 def build_model(backbone: str, image_size: int):
+    """WMoECLIP of build_config: random backbone, heads at their initial values."""
     from wmoe import WMoECLIP
 
     return WMoECLIP(build_config(backbone, image_size))
@@ -223,8 +224,8 @@ def _cpu_model() -> str:
 
 def _commit() -> str | None:
     try:
-        out = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True,
-                             text=True, timeout=10)
+        out = subprocess.run(["git", "-C", str(ROOT), "describe", "--always", "--dirty"], capture_output=True,
+                             text=True, timeout=10)  # "-dirty": tracked files were changed since the commit
         return out.stdout.strip() or None
     except (OSError, subprocess.SubprocessError):
         return None
