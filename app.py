@@ -5,6 +5,7 @@ file loads the models, says plainly at the top what state they are in (no checkp
 heads, missing backbone weights), lays out the page and serves it. `python app.py --help`.
 The repository deploys as a Hugging Face Space unchanged (README front matter: app_file app.py).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -23,8 +24,10 @@ from wmoe.checkpoint import includes_backbone
 
 log = logging.getLogger("wmoe.app")
 EXAMPLES_JSON = Path(__file__).resolve().parent / "assets" / "examples" / "examples.json"
-SCALES = [("fixed 0..1 (probabilities; comparable across images)", "fixed"),
-          ("stretched per image (its own min..max; NOT comparable across images)", "stretch")]
+SCALES = [
+    ("fixed 0..1 (probabilities; comparable across images)", "fixed"),
+    ("stretched per image (its own min..max; NOT comparable across images)", "stretch"),
+]
 CSS = """
 #banner {background: #fff4e5; border: 1px solid #e8a33d; border-radius: 8px; padding: 6px 14px;}
 #banner p, #banner li {color: #5c3b00; margin: 2px 0;}
@@ -33,8 +36,10 @@ CSS = """
 
 # ----------------------------------------------------------------------------- loading, once at start
 
-def load_models(checkpoint: str | None, device: str | None = None, dtype: str | None = None,
-                baseline: str = "clip") -> tuple[Detector | None, Detector | None, list[str]]:
+
+def load_models(
+    checkpoint: str | None, device: str | None = None, dtype: str | None = None, baseline: str = "clip"
+) -> tuple[Detector | None, Detector | None, list[str]]:
     """(WMoE-CLIP detector or None, training-free baseline or None, plain-words notices for the banner)."""
     detector = None
     if checkpoint:
@@ -46,17 +51,35 @@ def load_models(checkpoint: str | None, device: str | None = None, dtype: str | 
     else:
         why_not = "No WMoE-CLIP checkpoint was given (`--checkpoint` or `WMOE_CHECKPOINT`)."
     if detector is not None:  # the normal path: the baseline shares the loaded backbone
-        return detector, Detector.training_free(detector.config, backbone=detector.model.backbone,
-                                                device=detector.device, dtype=detector.dtype), []
+        return (
+            detector,
+            Detector.training_free(
+                detector.config,
+                backbone=detector.model.backbone,
+                device=detector.device,
+                dtype=detector.dtype,
+            ),
+            [],
+        )
     like = WMoEConfig.tiny() if baseline == "tiny" else WMoEConfig()
     try:
         fallback = Detector.training_free(like, device=device, dtype=dtype)
     except Exception as e:
-        return None, None, [why_not, f"The training-free CLIP baseline cannot run either: {why(e)}. Nothing "
-                                     "can run here, so Run is disabled; supply the weights (see README) and "
-                                     "restart."]
-    return None, fallback, [f"{why_not} This is the **training-free CLIP baseline** (fixed prompts), "
-                            "not WMoE-CLIP."]
+        return (
+            None,
+            None,
+            [
+                why_not,
+                f"The training-free CLIP baseline cannot run either: {why(e)}. Nothing "
+                "can run here, so Run is disabled; supply the weights (see README) and "
+                "restart.",
+            ],
+        )
+    return (
+        None,
+        fallback,
+        [f"{why_not} This is the **training-free CLIP baseline** (fixed prompts), not WMoE-CLIP."],
+    )
 
 
 def why(error: Exception) -> str:
@@ -73,18 +96,27 @@ def status_lines(detector: Detector | None, baseline: Detector | None, notices=(
         lines.insert(0, f"**{UNTRAINED}** (its checkpoint records `trained: false`).")
     shown = detector or baseline
     if shown is not None and includes_backbone(shown.config):
-        lines.append("The CLIP backbone has random weights (a tiny test configuration), so the training-free "
-                     "baseline is meaningless too.")
+        lines.append(
+            "The CLIP backbone has random weights (a tiny test configuration), so the training-free "
+            "baseline is meaningless too."
+        )
     return lines
 
 
 # ----------------------------------------------------------------------------- the page
 
+
 def image_input(elem_id: str) -> gr.Image:
     """Upload, paste or webcam; handed on as the uploaded file and decoded by wmoe.preprocess.load_image."""
-    component = gr.Image(label="Image", type="filepath", image_mode=None, elem_id=elem_id, height=300,
-                         sources=["upload", "clipboard", "webcam"],
-                         webcam_options=gr.WebcamOptions(mirror=False))
+    component = gr.Image(
+        label="Image",
+        type="filepath",
+        image_mode=None,
+        elem_id=elem_id,
+        height=300,
+        sources=["upload", "clipboard", "webcam"],
+        webcam_options=gr.WebcamOptions(mirror=False),
+    )
     component.preprocess = readable_upload_errors(component.preprocess)
     return component
 
@@ -94,6 +126,7 @@ def readable_upload_errors(preprocess):
     as a bare "Error", so it becomes a gr.Error that names the file and gives wmoe's own reason (empty,
     not an image, too many pixels...), as the Python API and the CLI do. (Wrapped per instance: a gr.Image
     subclass would make gradio write a .pyi stub beside this file.)"""
+
     def wrapper(payload):
         try:
             return preprocess(payload)
@@ -102,6 +135,7 @@ def readable_upload_errors(preprocess):
         except Exception as e:
             name = getattr(payload, "orig_name", None) or "the upload"
             raise user_error(html.escape(f"{name}: {unreadable(getattr(payload, 'path', None))}")) from e
+
     return wrapper
 
 
@@ -111,21 +145,31 @@ def load_examples() -> list[list[str]]:
         log.warning("%s is absent: the app runs without examples", EXAMPLES_JSON.name)
         return []
     entries = json.loads(EXAMPLES_JSON.read_text())
-    return [[str(EXAMPLES_JSON.parent / e["image"]), e["class_name"]] for e in entries
-            if (EXAMPLES_JSON.parent / e["image"]).is_file()]
+    return [
+        [str(EXAMPLES_JSON.parent / e["image"]), e["class_name"]]
+        for e in entries
+        if (EXAMPLES_JSON.parent / e["image"]).is_file()
+    ]
 
 
 def examples_for(examples: list[list[str]], inputs: list, elem_id: str) -> gr.Examples | None:
     """Example thumbnails; a click fills the image and its class name."""
     if not examples:
         return None
-    return gr.Examples(examples, inputs=inputs, cache_examples=False, examples_per_page=8,
-                       visible_columns=[0], elem_id=elem_id,
-                       label="Examples (synthetic defects on CC0 textures, CC0 retina images)")
+    return gr.Examples(
+        examples,
+        inputs=inputs,
+        cache_examples=False,
+        examples_per_page=8,
+        visible_columns=[0],
+        elem_id=elem_id,
+        label="Examples (synthetic defects on CC0 textures, CC0 retina images)",
+    )
 
 
-def build_app(detector: Detector | None, baseline: Detector | None = None, notices=(),
-              concurrency: int = 1) -> gr.Blocks:
+def build_app(
+    detector: Detector | None, baseline: Detector | None = None, notices=(), concurrency: int = 1
+) -> gr.Blocks:
     """The whole page, around models that are already loaded (never loaded per request)."""
     views = Views(detector, baseline)
     banner = status_lines(detector, baseline, notices)
@@ -137,58 +181,108 @@ def build_app(detector: Detector | None, baseline: Detector | None = None, notic
     on_model = dict(concurrency_id="model", concurrency_limit=concurrency)  # all model events share the limit
 
     def threshold_slider():
-        return gr.Slider(0, 1, value=0.5, step=0.01, label="Threshold",
-                         info="outlines the region at or above it; decides normal / anomalous")
+        return gr.Slider(
+            0,
+            1,
+            value=0.5,
+            step=0.01,
+            label="Threshold",
+            info="outlines the region at or above it; decides normal / anomalous",
+        )
 
     def opacity_slider():
         return gr.Slider(0, 1, value=0.5, step=0.05, label="Overlay opacity")
 
     def class_box(elem_id: str):
-        return gr.Textbox(value="object", label="Class name (what the object is)", max_lines=1,
-                          elem_id=elem_id)
+        return gr.Textbox(
+            value="object", label="Class name (what the object is)", max_lines=1, elem_id=elem_id
+        )
 
     page = gr.Blocks(title="WMoE-CLIP anomaly detection", delete_cache=(3600, 3600), analytics_enabled=False)
     with page as demo:
         gr.Markdown("\n".join(f"- {line}" for line in banner), elem_id="banner", visible=bool(banner))
-        gr.Markdown("# WMoE-CLIP: zero-shot anomaly detection\nUpload an image, name the object in it, and "
-                    "see where the model finds it abnormal, how its experts were routed, and what each part "
-                    "added.")
+        gr.Markdown(
+            "# WMoE-CLIP: zero-shot anomaly detection\nUpload an image, name the object in it, and "
+            "see where the model finds it abnormal, how its experts were routed, and what each part "
+            "added."
+        )
         with gr.Tab("Analyze"):
             with gr.Row():
                 with gr.Column(scale=2):
                     image = image_input("input-image")
                     class_name = class_box("class-name")
-                    ctds = gr.Checkbox(label=f"CTDS sampling ({CTDS_SAMPLES} prompt samples): "
-                                             "uncertainty map", visible=has_ctds)
+                    ctds = gr.Checkbox(
+                        label=f"CTDS sampling ({CTDS_SAMPLES} prompt samples): uncertainty map",
+                        visible=has_ctds,
+                    )
                     run = gr.Button("Run", variant="primary", elem_id="run", interactive=can_run)
-                    gr.Markdown("Run is disabled: no model could be loaded (see the note at the top).",
-                                visible=not can_run)
+                    gr.Markdown(
+                        "Run is disabled: no model could be loaded (see the note at the top).",
+                        visible=not can_run,
+                    )
                     ex = examples_for(examples, [image, class_name], "examples")
                 with gr.Column(scale=3):
-                    overlay = gr.Image(label="Overlay at the image's own resolution (white outline: "
-                                             "threshold)", type="pil", format="png", elem_id="overlay",
-                                       interactive=False, height=420)
+                    overlay = gr.Image(
+                        label="Overlay at the image's own resolution (white outline: threshold)",
+                        type="pil",
+                        format="png",
+                        elem_id="overlay",
+                        interactive=False,
+                        height=420,
+                    )
                     score = gr.Markdown("Run the model to see the score.", label="Score", elem_id="score")
                     with gr.Row():
                         threshold, opacity = threshold_slider(), opacity_slider()
                     scale = gr.Radio(SCALES, value="fixed", label="Colour scale")
             with gr.Row():
-                routing = gr.Image(label="SA-MoE routing", type="pil", format="png", elem_id="routing",
-                                   interactive=False, show_label=False, height=340, scale=2, visible=has_moe)
+                routing = gr.Image(
+                    label="SA-MoE routing",
+                    type="pil",
+                    format="png",
+                    elem_id="routing",
+                    interactive=False,
+                    show_label=False,
+                    height=340,
+                    scale=2,
+                    visible=has_moe,
+                )
                 with gr.Column(scale=3):
-                    downloads = gr.File(label="Downloads: raw map (16-bit PNG, .npy) and the result (JSON)",
-                                        file_count="multiple", interactive=False, elem_id="downloads")
+                    downloads = gr.File(
+                        label="Downloads: raw map (16-bit PNG, .npy) and the result (JSON)",
+                        file_count="multiple",
+                        interactive=False,
+                        elem_id="downloads",
+                    )
                     timings = gr.Markdown(label="Timings", elem_id="timings")
-            experts = gr.Gallery(label="Expert maps: where each expert attended (each scaled to its own max)",
-                                 format="png", columns=4, height=360, elem_id="experts", visible=has_moe)
+            experts = gr.Gallery(
+                label="Expert maps: where each expert attended (each scaled to its own max)",
+                format="png",
+                columns=4,
+                height=360,
+                elem_id="experts",
+                visible=has_moe,
+            )
             with gr.Row():
-                layers = gr.Gallery(label="Per-layer maps (colour scale as chosen above)", format="png",
-                                    columns=4, height=240, elem_id="layers", scale=3,
-                                    object_fit="contain")
-                uncertainty = gr.Image(label=f"Uncertainty: std over {CTDS_SAMPLES} CTDS samples (needs CTDS "
-                                             "sampling; fixed scale 0..0.5)", type="pil", format="png",
-                                       interactive=False, elem_id="uncertainty", height=240, scale=2,
-                                       visible=has_ctds)
+                layers = gr.Gallery(
+                    label="Per-layer maps (colour scale as chosen above)",
+                    format="png",
+                    columns=4,
+                    height=240,
+                    elem_id="layers",
+                    scale=3,
+                    object_fit="contain",
+                )
+                uncertainty = gr.Image(
+                    label=f"Uncertainty: std over {CTDS_SAMPLES} CTDS samples (needs CTDS "
+                    "sampling; fixed scale 0..0.5)",
+                    type="pil",
+                    format="png",
+                    interactive=False,
+                    elem_id="uncertainty",
+                    height=240,
+                    scale=2,
+                    visible=has_ctds,
+                )
             state = gr.State(None, time_to_live=3600)
             inputs = [image, class_name, threshold, opacity, scale, ctds]
             outputs = [overlay, score, routing, experts, layers, uncertainty, timings, downloads, state]
@@ -196,74 +290,141 @@ def build_app(detector: Detector | None, baseline: Detector | None = None, notic
             if ex is not None and can_run:  # clicking an example runs it
                 ex.load_input_event.then(views.analyze, inputs, outputs, api_visibility="private", **on_model)
             redrawn = [overlay, score, experts, layers, uncertainty, downloads]
-            gr.on([threshold.change, opacity.change, scale.change], views.render,
-                  [state, threshold, opacity, scale], redrawn, api_name="render", show_progress="hidden",
-                  trigger_mode="always_last")
+            gr.on(
+                [threshold.change, opacity.change, scale.change],
+                views.render,
+                [state, threshold, opacity, scale],
+                redrawn,
+                api_name="render",
+                show_progress="hidden",
+                trigger_mode="always_last",
+            )
 
         with gr.Tab("Compare"):
-            gr.Markdown("One image through several variants of the loaded model, side by side on one "
-                        "colour scale: full WMoE-CLIP; without WCMA; without CTDS; SA-MoE with uniform "
-                        "expert weights; and the training-free CLIP baseline with fixed prompts.")
+            gr.Markdown(
+                "One image through several variants of the loaded model, side by side on one "
+                "colour scale: full WMoE-CLIP; without WCMA; without CTDS; SA-MoE with uniform "
+                "expert weights; and the training-free CLIP baseline with fixed prompts."
+            )
             with gr.Row():
                 with gr.Column(scale=1):
                     c_image, c_class = image_input("compare-image"), class_box("compare-class")
                     c_threshold, c_opacity = threshold_slider(), opacity_slider()
                     c_scale = gr.Radio(SCALES, value="fixed", label="Colour scale (shared by all variants)")
-                    c_run = gr.Button("Compare", variant="primary", elem_id="compare-run",
-                                      interactive=can_run)
+                    c_run = gr.Button(
+                        "Compare", variant="primary", elem_id="compare-run", interactive=can_run
+                    )
                     examples_for(examples, [c_image, c_class], "compare-examples")
                 with gr.Column(scale=3):
-                    c_gallery = gr.Gallery(label="Variants (caption: image score)", format="png", columns=3,
-                                           height=680, elem_id="compare-gallery")
+                    c_gallery = gr.Gallery(
+                        label="Variants (caption: image score)",
+                        format="png",
+                        columns=3,
+                        height=680,
+                        elem_id="compare-gallery",
+                    )
                     c_table = gr.Markdown(elem_id="compare-scores")
-            c_run.click(views.compare, [c_image, c_class, c_threshold, c_opacity, c_scale],
-                        [c_gallery, c_table], api_name="compare", **on_model)
+            c_run.click(
+                views.compare,
+                [c_image, c_class, c_threshold, c_opacity, c_scale],
+                [c_gallery, c_table],
+                api_name="compare",
+                **on_model,
+            )
 
         with gr.Tab("Batch"):
-            gr.Markdown(f"Several images, or a .zip of images (up to {MAX_BATCH_IMAGES}), with one class "
-                        "name: a gallery sorted by score and a CSV of the scores and expert weights. Files "
-                        "that cannot be read are listed with the reason; the rest are still scored.")
+            gr.Markdown(
+                f"Several images, or a .zip of images (up to {MAX_BATCH_IMAGES}), with one class "
+                "name: a gallery sorted by score and a CSV of the scores and expert weights. Files "
+                "that cannot be read are listed with the reason; the rest are still scored."
+            )
             with gr.Row():
                 with gr.Column(scale=1):
-                    b_files = gr.File(label="Images or .zip", file_count="multiple",
-                                      file_types=["image", ".zip"], elem_id="batch-files")
+                    b_files = gr.File(
+                        label="Images or .zip",
+                        file_count="multiple",
+                        file_types=["image", ".zip"],
+                        elem_id="batch-files",
+                    )
                     b_class, b_threshold = class_box("batch-class"), threshold_slider()
-                    b_run = gr.Button("Score all", variant="primary", elem_id="batch-run",
-                                      interactive=can_run)
-                    b_csv = gr.File(label="CSV: scores and expert weights", interactive=False,
-                                    elem_id="batch-csv")
+                    b_run = gr.Button(
+                        "Score all", variant="primary", elem_id="batch-run", interactive=can_run
+                    )
+                    b_csv = gr.File(
+                        label="CSV: scores and expert weights", interactive=False, elem_id="batch-csv"
+                    )
                 with gr.Column(scale=3):
-                    b_gallery = gr.Gallery(label="Sorted by score (highest first)", format="png", columns=4,
-                                           height=520, elem_id="batch-gallery")
+                    b_gallery = gr.Gallery(
+                        label="Sorted by score (highest first)",
+                        format="png",
+                        columns=4,
+                        height=520,
+                        elem_id="batch-gallery",
+                    )
                     b_summary = gr.Markdown(elem_id="batch-summary")
-            b_run.click(views.batch, [b_files, b_class, b_threshold], [b_gallery, b_summary, b_csv],
-                        api_name="batch", **on_model)
+            b_run.click(
+                views.batch,
+                [b_files, b_class, b_threshold],
+                [b_gallery, b_summary, b_csv],
+                api_name="batch",
+                **on_model,
+            )
     return demo
 
 
-def launch(demo: gr.Blocks, host: str = "127.0.0.1", port: int = 7860, concurrency: int = 1,
-           max_file_size: str = "50mb", block: bool = True, quiet: bool = False, max_queue: int = 32):
+def launch(
+    demo: gr.Blocks,
+    host: str = "127.0.0.1",
+    port: int = 7860,
+    concurrency: int = 1,
+    max_file_size: str = "50mb",
+    block: bool = True,
+    quiet: bool = False,
+    max_queue: int = 32,
+):
     """A queue with a concurrency limit and at most `max_queue` waiting requests (more are refused with
     "queue is full"), an upload size limit, no share link; gradio's (app, url, share)."""
     demo.queue(default_concurrency_limit=concurrency, max_size=max_queue)
-    return demo.launch(server_name=host, server_port=port, share=False, max_file_size=max_file_size,
-                       show_error=False, run_history=False, css=CSS, prevent_thread_lock=not block,
-                       quiet=quiet)
+    return demo.launch(
+        server_name=host,
+        server_port=port,
+        share=False,
+        max_file_size=max_file_size,
+        show_error=False,
+        run_history=False,
+        css=CSS,
+        prevent_thread_lock=not block,
+        quiet=quiet,
+    )
 
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--checkpoint", default=os.environ.get("WMOE_CHECKPOINT") or None,
-                   help="checkpoint folder or Hub repo id (default: $WMOE_CHECKPOINT; none: baseline only)")
-    p.add_argument("--host", default=os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1"),
-                   help="address to listen on (default: $GRADIO_SERVER_NAME or 127.0.0.1)")
-    p.add_argument("--port", type=int, default=int(os.environ.get("GRADIO_SERVER_PORT", "7860")),
-                   help="port (default: $GRADIO_SERVER_PORT or 7860)")
+    p.add_argument(
+        "--checkpoint",
+        default=os.environ.get("WMOE_CHECKPOINT") or None,
+        help="checkpoint folder or Hub repo id (default: $WMOE_CHECKPOINT; none: baseline only)",
+    )
+    p.add_argument(
+        "--host",
+        default=os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1"),
+        help="address to listen on (default: $GRADIO_SERVER_NAME or 127.0.0.1)",
+    )
+    p.add_argument(
+        "--port",
+        type=int,
+        default=int(os.environ.get("GRADIO_SERVER_PORT", "7860")),
+        help="port (default: $GRADIO_SERVER_PORT or 7860)",
+    )
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1... (default: cuda when available)")
     p.add_argument("--dtype", default=None, choices=["fp32", "bf16", "fp16"])
-    p.add_argument("--baseline", default="clip", choices=["clip", "tiny"],
-                   help="the baseline's backbone when no checkpoint loads: clip = ViT-L-14-336 OpenAI "
-                        "weights (on disk or reachable); tiny = a tiny random test backbone (meaningless)")
+    p.add_argument(
+        "--baseline",
+        default="clip",
+        choices=["clip", "tiny"],
+        help="the baseline's backbone when no checkpoint loads: clip = ViT-L-14-336 OpenAI "
+        "weights (on disk or reachable); tiny = a tiny random test backbone (meaningless)",
+    )
     p.add_argument("--concurrency", type=int, default=1, help="model runs at the same time (default 1)")
     p.add_argument("--max-file-size", default="50mb", help="upload size limit (default 50mb)")
     args = p.parse_args(argv)
@@ -278,8 +439,13 @@ def main(argv=None):
     detector, baseline, notices = load_models(args.checkpoint, args.device, args.dtype, args.baseline)
     for line in status_lines(detector, baseline, notices):
         log.warning("%s", re.sub(r"[*`\\]", "", line))
-    launch(build_app(detector, baseline, notices, args.concurrency), args.host, args.port, args.concurrency,
-           args.max_file_size)
+    launch(
+        build_app(detector, baseline, notices, args.concurrency),
+        args.host,
+        args.port,
+        args.concurrency,
+        args.max_file_size,
+    )
 
 
 if __name__ == "__main__":

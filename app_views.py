@@ -3,6 +3,7 @@
 Every number comes from `wmoe.Detector`; this module turns `Prediction`s into what the page shows
 (with `wmoe.render`) and every failure into a readable `gr.Error`, never a stack trace or a server path.
 """
+
 from __future__ import annotations
 
 import atexit
@@ -34,18 +35,22 @@ try:  # ZeroGPU on Spaces: the model runs inside spaces.GPU; elsewhere this is a
 
     gpu = spaces.GPU
 except ImportError:
+
     def gpu(fn):
         return fn
+
 
 log = logging.getLogger("wmoe.app")
 UNTRAINED = "untrained model: results are meaningless, for testing the plumbing only"
 RANDOM_BACKBONE = "random backbone weights (a test configuration): results are meaningless"
 CTDS_SAMPLES = 8
 # (name, modules skipped, config switch that must be on, module name)
-VARIANTS = [("full WMoE-CLIP", frozenset(), None, None),
-            ("without WCMA", frozenset({"wcma"}), "use_wcma", "WCMA"),
-            ("without CTDS", frozenset({"ctds"}), "use_ctds", "CTDS"),
-            ("SA-MoE with uniform weights", frozenset({"routing"}), "use_moe", "SA-MoE")]
+VARIANTS = [
+    ("full WMoE-CLIP", frozenset(), None, None),
+    ("without WCMA", frozenset({"wcma"}), "use_wcma", "WCMA"),
+    ("without CTDS", frozenset({"ctds"}), "use_ctds", "CTDS"),
+    ("SA-MoE with uniform weights", frozenset({"routing"}), "use_moe", "SA-MoE"),
+]
 BASELINE_NAME = "training-free CLIP baseline"
 BATCH_CHUNK = 8  # images per model call in the Batch view
 MAX_BATCH_IMAGES = 100
@@ -70,6 +75,7 @@ def _predict(key: int, images: list, class_name: str, skip: frozenset, ctds_samp
 
 # ----------------------------------------------------------------------------- words and errors
 
+
 def md(text: str) -> str:
     """User or system text made inert inside Markdown."""
     return re.sub(r"([\\`*_{}\[\]()#+\-.!|<>~])", r"\\\1", html.escape(str(text), quote=False))
@@ -91,6 +97,7 @@ def user_error(message: str, title: str = "Cannot use this input") -> gr.Error:
 
 def user_errors(fn):
     """Every failure of a handler reaches the user as a readable gr.Error."""
+
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         try:
@@ -101,8 +108,11 @@ def user_errors(fn):
             raise user_error(html.escape(public(str(e)))) from None
         except Exception as e:
             log.exception("request failed")
-            raise user_error(f"The model failed on this request ({type(e).__name__}); the server log has the "
-                             "details.", title="Internal error") from None
+            raise user_error(
+                f"The model failed on this request ({type(e).__name__}); the server log has the details.",
+                title="Internal error",
+            ) from None
+
     return wrapper
 
 
@@ -112,12 +122,15 @@ def decision(score: float, threshold: float) -> str:
 
 def scale_words(amap: np.ndarray, scale: str) -> str:
     if scale == "stretch":
-        return (f"stretched per image: blue = {amap.min():.3f} (this image's minimum), "
-                f"red = {amap.max():.3f} (its maximum); not comparable across images")
+        return (
+            f"stretched per image: blue = {amap.min():.3f} (this image's minimum), "
+            f"red = {amap.max():.3f} (its maximum); not comparable across images"
+        )
     return "fixed: blue = 0, red = 1 (probability of 'abnormal')"
 
 
 # ----------------------------------------------------------------------------- images and files
+
 
 def thumbnail(image: Image.Image, side: int = THUMB_SIDE) -> Image.Image:
     image = image.copy()
@@ -184,8 +197,10 @@ def batch_items(paths: list[str]):
 
 def zip_member(path: str, member: zipfile.ZipInfo) -> Image.Image:
     if member.file_size > MAX_ZIP_MEMBER_BYTES:
-        raise ImageError(f"{member.filename}: {member.file_size / 2**20:.0f} MB unpacked, over the limit of "
-                         f"{MAX_ZIP_MEMBER_BYTES // 2**20} MB per image")
+        raise ImageError(
+            f"{member.filename}: {member.file_size / 2**20:.0f} MB unpacked, over the limit of "
+            f"{MAX_ZIP_MEMBER_BYTES // 2**20} MB per image"
+        )
     with zipfile.ZipFile(path) as archive:
         try:
             data = archive.read(member)
@@ -200,7 +215,7 @@ def zip_member(path: str, member: zipfile.ZipInfo) -> Image.Image:
 def without_name(message: str, name: str) -> str:
     """An ImageError message minus its leading file name (shown beside it anyway)."""
     message = public(message)
-    return message[len(name) + 2:] if message.startswith(f"{name}: ") else message
+    return message[len(name) + 2 :] if message.startswith(f"{name}: ") else message
 
 
 class Scratch:
@@ -236,6 +251,7 @@ class Result:
 
 # ----------------------------------------------------------------------------- the views
 
+
 class Views:
     """The event handlers; `detector` is WMoE-CLIP (or None), `baseline` the training-free CLIP (or None)."""
 
@@ -249,15 +265,24 @@ class Views:
         if self.detector is not None:
             d = self.detector
             warning = UNTRAINED if not d.trained else RANDOM_BACKBONE if includes_backbone(d.config) else None
-            return d, {"name": "WMoE-CLIP", "trained": d.trained, "backbone": d.config.backbone,
-                       "warning": warning}
+            return d, {
+                "name": "WMoE-CLIP",
+                "trained": d.trained,
+                "backbone": d.config.backbone,
+                "warning": warning,
+            }
         if self.baseline is not None:
             b = self.baseline
-            return b, {"name": f"{BASELINE_NAME} (fixed prompts)", "training_free": True,
-                       "backbone": b.config.backbone,
-                       "warning": RANDOM_BACKBONE if includes_backbone(b.config) else None}
-        raise user_error("Nothing can run here: no checkpoint and no CLIP backbone weights (see the note at "
-                         "the top).", title="No model")
+            return b, {
+                "name": f"{BASELINE_NAME} (fixed prompts)",
+                "training_free": True,
+                "backbone": b.config.backbone,
+                "warning": RANDOM_BACKBONE if includes_backbone(b.config) else None,
+            }
+        raise user_error(
+            "Nothing can run here: no checkpoint and no CLIP backbone weights (see the note at the top).",
+            title="No model",
+        )
 
     @staticmethod
     def image(path) -> Image.Image:
@@ -274,19 +299,25 @@ class Views:
         if sample_ctds and pred.uncertainty_map is None:
             pred.notes.append("this model has no CTDS module, so there is no uncertainty map")
         small = thumbnail(image)
-        pred = dataclasses.replace(pred, layer_maps=shrink(pred.layer_maps, small.size),
-                                   expert_maps=shrink(pred.expert_maps, small.size),
-                                   uncertainty_map=shrink(pred.uncertainty_map, small.size))
+        pred = dataclasses.replace(
+            pred,
+            layer_maps=shrink(pred.layer_maps, small.size),
+            expert_maps=shrink(pred.expert_maps, small.size),
+            uncertainty_map=shrink(pred.uncertainty_map, small.size),
+        )
         result = Result(image, small, pred, safe_stem(image_path), model, detector.config.layers)
         chart = None
         if pred.expert_weights is not None:
-            chart = routing_chart(pred.expert_weights, pred.expert_scores,
-                                  title="SA-MoE routing (this image)")
+            chart = routing_chart(
+                pred.expert_weights, pred.expert_scores, title="SA-MoE routing (this image)"
+            )
             chart = png(chart, self.scratch.new() / "routing.png")
         dtype = str(detector.dtype).replace("torch.", "")
-        timings = (f"**Time per stage** on `{detector.device}` ({dtype}): "
-                   + ", ".join(f"{k} {v * 1000:.1f} ms" for k, v in pred.timings.items())
-                   + f"; **total {sum(pred.timings.values()) * 1000:.1f} ms**")
+        timings = (
+            f"**Time per stage** on `{detector.device}` ({dtype}): "
+            + ", ".join(f"{k} {v * 1000:.1f} ms" for k, v in pred.timings.items())
+            + f"; **total {sum(pred.timings.values()) * 1000:.1f} ms**"
+        )
         shown, score, experts, layers, uncertainty, files = self.render(result, threshold, opacity, scale)
         return shown, score, chart, experts, layers, uncertainty, timings, files, result
 
@@ -305,27 +336,38 @@ class Views:
         shown = saved(shown, "overlay")
         warning = f" (**{result.model['warning']}**)" if result.model["warning"] else ""
         area = 100 * float((p.anomaly_map >= threshold).mean())
-        lines = [f"### Score {p.score:.3f}: **{decision(p.score, threshold)}** at threshold {threshold:.2f}",
-                 f"Model: {result.model['name']}{warning}",
-                 f"Class: {md(short(p.class_name))} | image {result.image.width}x{result.image.height} px | "
-                 f"area at or above the threshold: {area:.1f}%",
-                 f"CLS-vs-text score {p.cls_score:.3f}"
-                 + ("" if p.moe_score is None else f" | SA-MoE score {p.moe_score:.3f}"),
-                 f"Colour scale: {scale_words(p.anomaly_map, scale)}"]
+        lines = [
+            f"### Score {p.score:.3f}: **{decision(p.score, threshold)}** at threshold {threshold:.2f}",
+            f"Model: {result.model['name']}{warning}",
+            f"Class: {md(short(p.class_name))} | image {result.image.width}x{result.image.height} px | "
+            f"area at or above the threshold: {area:.1f}%",
+            f"CLS-vs-text score {p.cls_score:.3f}"
+            + ("" if p.moe_score is None else f" | SA-MoE score {p.moe_score:.3f}"),
+            f"Colour scale: {scale_words(p.anomaly_map, scale)}",
+        ]
         if p.expert_weights is None:
             lines.append("This model has no SA-MoE: no routing chart and no expert maps.")
         if p.uncertainty_map is not None:
-            lines.append(f"Uncertainty over {CTDS_SAMPLES} CTDS samples: largest std "
-                         f"{p.uncertainty_map.max():.4f}")
+            lines.append(
+                f"Uncertainty over {CTDS_SAMPLES} CTDS samples: largest std {p.uncertainty_map.max():.4f}"
+            )
         lines += [f"Note: {md(n)}" for n in p.notes]
         experts = []
         if p.expert_maps is not None:
-            experts = [(saved(overlay(small, emap, opacity=opacity), f"expert{i + 1}"),
-                        f"expert {i + 1}: weight {p.expert_weights[i]:.2f}, score {p.expert_scores[i]:.2f}")
-                       for i, emap in enumerate(p.expert_maps)]
-        layers = [(saved(overlay(small, lmap, opacity=opacity, stretch=stretch), f"layer{layer}"),
-                   f"layer {layer}: max {lmap.max():.2f}")
-                  for layer, lmap in zip(result.layers, p.layer_maps, strict=True)]
+            experts = [
+                (
+                    saved(overlay(small, emap, opacity=opacity), f"expert{i + 1}"),
+                    f"expert {i + 1}: weight {p.expert_weights[i]:.2f}, score {p.expert_scores[i]:.2f}",
+                )
+                for i, emap in enumerate(p.expert_maps)
+            ]
+        layers = [
+            (
+                saved(overlay(small, lmap, opacity=opacity, stretch=stretch), f"layer{layer}"),
+                f"layer {layer}: max {lmap.max():.2f}",
+            )
+            for layer, lmap in zip(result.layers, p.layer_maps, strict=True)
+        ]
         uncertainty = None
         if p.uncertainty_map is not None:  # a std of probabilities is at most 0.5: the fixed scale is 0..0.5
             u = p.uncertainty_map if stretch else np.clip(p.uncertainty_map / 0.5, 0, 1)
@@ -340,8 +382,12 @@ class Views:
             map_to_png16(result.pred.anomaly_map).save(png16)
             np.save(npy, result.pred.anomaly_map)
             result.map_files = [png16, npy]
-        doc = {**result.pred.to_dict(), "threshold": threshold,
-               "decision": decision(result.pred.score, threshold), "model": result.model}
+        doc = {
+            **result.pred.to_dict(),
+            "threshold": threshold,
+            "decision": decision(result.pred.score, threshold),
+            "model": result.model,
+        }
         path = folder / f"{result.stem}_result.json"
         path.write_text(json.dumps(doc, indent=2))
         return [str(f) for f in result.map_files] + [str(path)]
@@ -368,15 +414,35 @@ class Views:
             lo, hi = min(m.min() for m in maps), max(m.max() for m in maps)
         small, folder = thumbnail(image), self.scratch.new()
         cut = float(stretch_to(np.float32(threshold), lo, hi))
-        gallery = [(png(overlay(small, shrink(stretch_to(p.anomaly_map, lo, hi), small.size), opacity=opacity,
-                                threshold=cut), folder / f"variant{i}.png"), f"{name}: {p.score:.3f}")
-                   for i, (name, p) in enumerate(runs)]
-        table = ["| variant | image score | decision | CLS score | SA-MoE score |",
-                 "|---|---:|---|---:|---:|"]
-        table += [f"| {name} | {p.score:.3f} | {decision(p.score, threshold)} | {p.cls_score:.3f} | "
-                  f"{'-' if p.moe_score is None else f'{p.moe_score:.3f}'} |" for name, p in runs]
-        scale_note = (f"stretched jointly over the {len(runs)} maps: blue = {lo:.3f}, red = {hi:.3f}"
-                      if scale == "stretch" else "fixed: blue = 0, red = 1")
+        gallery = [
+            (
+                png(
+                    overlay(
+                        small,
+                        shrink(stretch_to(p.anomaly_map, lo, hi), small.size),
+                        opacity=opacity,
+                        threshold=cut,
+                    ),
+                    folder / f"variant{i}.png",
+                ),
+                f"{name}: {p.score:.3f}",
+            )
+            for i, (name, p) in enumerate(runs)
+        ]
+        table = [
+            "| variant | image score | decision | CLS score | SA-MoE score |",
+            "|---|---:|---|---:|---:|",
+        ]
+        table += [
+            f"| {name} | {p.score:.3f} | {decision(p.score, threshold)} | {p.cls_score:.3f} | "
+            f"{'-' if p.moe_score is None else f'{p.moe_score:.3f}'} |"
+            for name, p in runs
+        ]
+        scale_note = (
+            f"stretched jointly over the {len(runs)} maps: blue = {lo:.3f}, red = {hi:.3f}"
+            if scale == "stretch"
+            else "fixed: blue = 0, red = 1"
+        )
         notes = [f"One colour scale for all ({scale_note}); outline at threshold {threshold:.2f}."]
         if model["warning"]:
             notes.append(f"**{model['warning']}**")
@@ -390,14 +456,16 @@ class Views:
         if not paths:
             raise user_error("Choose some images (or a .zip of images) first.", title="No files")
         items = list(batch_items(paths))
-        errors = [(name, f"not processed: over the limit of {MAX_BATCH_IMAGES} images")
-                  for name, _ in items[MAX_BATCH_IMAGES:]]
+        errors = [
+            (name, f"not processed: over the limit of {MAX_BATCH_IMAGES} images")
+            for name, _ in items[MAX_BATCH_IMAGES:]
+        ]
         items = items[:MAX_BATCH_IMAGES]
         folder, rows = self.scratch.new(), []
         progress((0, len(items)), desc="Scoring", unit="images")
         for start in range(0, len(items), BATCH_CHUNK):
             loaded = []
-            for name, loader in items[start:start + BATCH_CHUNK]:
+            for name, loader in items[start : start + BATCH_CHUNK]:
                 try:
                     loaded.append((name, loader()))
                 except ImageError as e:  # listed with its reason; the others are still scored
@@ -411,16 +479,22 @@ class Views:
                     rows.append((name, p, target))
             progress((min(start + BATCH_CHUNK, len(items)), len(items)), desc="Scoring", unit="images")
         rows.sort(key=lambda r: -r[1].score)
-        gallery = [(str(target), f"{name}: {p.score:.3f} ({decision(p.score, threshold)})")
-                   for name, p, target in rows]
+        gallery = [
+            (str(target), f"{name}: {p.score:.3f} ({decision(p.score, threshold)})")
+            for name, p, target in rows
+        ]
         csv_path = folder / "scores.csv"
         write_csv(csv_path, rows, errors, threshold, model)
         warning = f" (**{model['warning']}**)" if model["warning"] else ""
-        head = [f"{len(rows)} image(s) scored, sorted by score (highest first); threshold {threshold:.2f}; "
-                f"colour scale fixed 0..1. Model: {model['name']}{warning}"]
+        head = [
+            f"{len(rows)} image(s) scored, sorted by score (highest first); threshold {threshold:.2f}; "
+            f"colour scale fixed 0..1. Model: {model['name']}{warning}"
+        ]
         if errors:
-            head.append(f"**{len(errors)} file(s) not processed:**\n\n"
-                        + "\n".join(f"- {md(name)}: {md(err)}" for name, err in errors))
+            head.append(
+                f"**{len(errors)} file(s) not processed:**\n\n"
+                + "\n".join(f"- {md(name)}: {md(err)}" for name, err in errors)
+            )
         return gallery, "\n\n".join(head), str(csv_path)
 
 
@@ -442,8 +516,19 @@ def write_csv(path: Path, rows, errors, threshold: float, model: dict):
             w = p.expert_weights if p.expert_weights is not None else [None] * experts
             s = p.expert_scores if p.expert_scores is not None else [None] * experts
             scores = fmt([p.score, p.cls_score, p.moe_score])
-            out.writerow([name, scores[0], decision(p.score, threshold), *scores[1:], *fmt(w), *fmt(s),
-                          model["name"], model["warning"] or "", ""])
+            out.writerow(
+                [
+                    name,
+                    scores[0],
+                    decision(p.score, threshold),
+                    *scores[1:],
+                    *fmt(w),
+                    *fmt(s),
+                    model["name"],
+                    model["warning"] or "",
+                    "",
+                ]
+            )
         for name, err in errors:
             blank = [""] * (4 + 2 * experts)
             out.writerow([name, *blank, model["name"], model["warning"] or "", err])

@@ -83,11 +83,19 @@ def main() -> list[dict]:
         if defect is None:
             source = f"scikit-image {data_name} (CC0), unmodified (resized to at most {MAX_SIDE} px)"
         else:
-            img, mask = draw_defect(img, defect, np.random.default_rng(seed), region=_region(data_name, img),
-                                    scale=scale, colour=colour)
+            img, mask = draw_defect(
+                img,
+                defect,
+                np.random.default_rng(seed),
+                region=_region(data_name, img),
+                scale=scale,
+                colour=colour,
+            )
             mask_name = f"{stem}_mask.png"
             _save_png(mask.astype(np.uint8) * 255, OUT / mask_name, "L")
-            source = f"scikit-image {data_name} (CC0) with a synthetic {defect} drawn by assets/make_assets.py"
+            source = (
+                f"scikit-image {data_name} (CC0) with a synthetic {defect} drawn by assets/make_assets.py"
+            )
         grey = bool((img[..., 0] == img[..., 1]).all() and (img[..., 1] == img[..., 2]).all())
         _save_png(img[..., 0] if grey else img, OUT / f"{stem}.png", "L" if grey else "RGB")
         entries.append({"image": f"{stem}.png", "mask": mask_name, "class_name": cls, "source": source})
@@ -97,8 +105,14 @@ def main() -> list[dict]:
         h, w = micro.shape[:2]
         micro = np.asarray(Image.fromarray(micro[..., 0]).resize((w * 3, h * 3), Image.BICUBIC))
         _save_png(micro, OUT / "retina_microaneurysms.png", "L")
-        entries.append({"image": "retina_microaneurysms.png", "mask": None, "class_name": "retina",
-                        "source": "scikit-image microaneurysms (CC0), real lesions, no mask (upscaled x3)"})
+        entries.append(
+            {
+                "image": "retina_microaneurysms.png",
+                "mask": None,
+                "class_name": "retina",
+                "source": "scikit-image microaneurysms (CC0), real lesions, no mask (upscaled x3)",
+            }
+        )
 
     (OUT / "examples.json").write_text(json.dumps(entries, indent=2) + "\n")
     total = sum(p.stat().st_size for p in OUT.iterdir())

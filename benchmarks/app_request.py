@@ -13,6 +13,7 @@ Target: request time at most 1.2x predict time.
 
     python benchmarks/app_request.py                     # ViT-L-14-336, 518 px, fp32, 3 reps
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -51,26 +52,50 @@ def main(argv=None):
             path = Path(tmp) / "picture.png"
             common.picture(args.input_px).save(path)
             views, client = Views(detector, baseline), Client(url, verbose=False)
-            sides = {"predict": lambda: detector.predict(path, "object"),
-                     "handler": lambda: views.analyze(str(path), "object", 0.5, 0.5, "fixed", False),
-                     "request": lambda: common.analyze_request(client, path)}
+            sides = {
+                "predict": lambda: detector.predict(path, "object"),
+                "handler": lambda: views.analyze(str(path), "object", 0.5, 0.5, "fixed", False),
+                "request": lambda: common.analyze_request(client, path),
+            }
             times = common.interleave(sides, args.reps, device)
         finally:
             with contextlib.redirect_stdout(sys.stderr):  # gradio prints "Closing server...": keep JSON only
                 demo.close()
 
     med = {side: common.median(t) for side, t in times.items()}
-    base = {"bench": "app_request", "backbone": args.backbone, "image_size": args.image_size,
-            "input_px": args.input_px, "dtype": args.dtype, "reps": args.reps, "weights": "random",
-            "predict_s": round(med["predict"], 4), "predict_runs_s": common.rounded(times["predict"])}
-    for side, words in (("handler", "Views.analyze in-process (no HTTP)"),
-                        ("request", "Analyze over HTTP with gradio_client")):
+    base = {
+        "bench": "app_request",
+        "backbone": args.backbone,
+        "image_size": args.image_size,
+        "input_px": args.input_px,
+        "dtype": args.dtype,
+        "reps": args.reps,
+        "weights": "random",
+        "predict_s": round(med["predict"], 4),
+        "predict_runs_s": common.rounded(times["predict"]),
+    }
+    for side, words in (
+        ("handler", "Views.analyze in-process (no HTTP)"),
+        ("request", "Analyze over HTTP with gradio_client"),
+    ):
         ratio = med[side] / med["predict"]
         target = TARGET if side == "request" else None
-        common.emit({**base, "what": f"{side}_over_predict", "side": words, "ratio": round(ratio, 4),
-                     "target_max": target, "met": None if target is None else ratio <= target,
-                     f"{side}_s": round(med[side], 4), f"{side}_runs_s": common.rounded(times[side]),
-                     "extra_s": round(med[side] - med["predict"], 4)}, device, args.out, load_start)
+        common.emit(
+            {
+                **base,
+                "what": f"{side}_over_predict",
+                "side": words,
+                "ratio": round(ratio, 4),
+                "target_max": target,
+                "met": None if target is None else ratio <= target,
+                f"{side}_s": round(med[side], 4),
+                f"{side}_runs_s": common.rounded(times[side]),
+                "extra_s": round(med[side] - med["predict"], 4),
+            },
+            device,
+            args.out,
+            load_start,
+        )
 
 
 if __name__ == "__main__":

@@ -3,6 +3,7 @@
 Every benchmark prints one JSON line per measurement (and appends it to --out when given), tagged
 with the machine, the load average and the date, so a table row can always be traced to its run.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -35,11 +36,18 @@ for _key, _value in (("HF_HUB_OFFLINE", "1"), ("GRADIO_ANALYTICS_ENABLED", "Fals
 def parser(description: str, reps: int) -> argparse.ArgumentParser:
     """The options every benchmark shares; defaults shrink to the tiny backbone under WMOE_BENCH_QUICK=1."""
     p = argparse.ArgumentParser(description=description)
-    p.add_argument("--backbone", default="wmoe-tiny" if QUICK else "ViT-L-14-336",
-                   help="open_clip model name, random weights (default ViT-L-14-336)")
+    p.add_argument(
+        "--backbone",
+        default="wmoe-tiny" if QUICK else "ViT-L-14-336",
+        help="open_clip model name, random weights (default ViT-L-14-336)",
+    )
     p.add_argument("--image-size", type=int, default=104 if QUICK else 518, help="model input side in pixels")
-    p.add_argument("--input-px", type=int, default=128 if QUICK else 1024,
-                   help="side of the test picture handed to the detector (it is resized to --image-size)")
+    p.add_argument(
+        "--input-px",
+        type=int,
+        default=128 if QUICK else 1024,
+        help="side of the test picture handed to the detector (it is resized to --image-size)",
+    )
     p.add_argument("--reps", type=int, default=2 if QUICK else reps, help="timed repetitions after warm-up")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's own choice)")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1... (default: cuda when available)")
@@ -66,6 +74,7 @@ def setup(args) -> torch.device:
             sys.exit("--threads must be at least 1")
         torch.set_num_threads(args.threads)
     from wmoe.detector import default_device
+
     device = torch.device(args.device) if args.device else default_device()
     if device.type == "cuda" and not torch.cuda.is_available():
         sys.exit(f"--device {args.device}: CUDA is not available on this machine")
@@ -181,16 +190,26 @@ def median(values: list[float]) -> float:
 
 def machine(device: torch.device) -> dict:
     """Where a number was measured: CPU model and cores (lscpu), accelerator, threads, versions, commit."""
-    return {"cpu": _cpu_model(), "cores": os.cpu_count(), "threads": torch.get_num_threads(),
-            "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
-            "torch": torch.__version__, "python": platform.python_version(), "commit": _commit()}
+    return {
+        "cpu": _cpu_model(),
+        "cores": os.cpu_count(),
+        "threads": torch.get_num_threads(),
+        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "commit": _commit(),
+    }
 
 
 def emit(record: dict, device: torch.device, out: Path | None = None, load_start: float | None = None):
     """Print one JSON line (and append it to `out`): the record plus machine, load average and date."""
     now = datetime.datetime.now(datetime.timezone.utc)
-    full = {**record, "load_avg_1m": round(os.getloadavg()[0], 2), "date": now.strftime("%Y-%m-%dT%H:%M:%SZ"),
-            **machine(device)}
+    full = {
+        **record,
+        "load_avg_1m": round(os.getloadavg()[0], 2),
+        "date": now.strftime("%Y-%m-%dT%H:%M:%SZ"),
+        **machine(device),
+    }
     if load_start is not None:
         full["load_avg_1m_start"] = round(load_start, 2)
     line = json.dumps(full)
@@ -224,8 +243,12 @@ def _cpu_model() -> str:
 
 def _commit() -> str | None:
     try:
-        out = subprocess.run(["git", "-C", str(ROOT), "describe", "--always", "--dirty"], capture_output=True,
-                             text=True, timeout=10)  # "-dirty": tracked files were changed since the commit
+        out = subprocess.run(
+            ["git", "-C", str(ROOT), "describe", "--always", "--dirty"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+        )  # "-dirty": tracked files were changed since the commit
         return out.stdout.strip() or None
     except (OSError, subprocess.SubprocessError):
         return None

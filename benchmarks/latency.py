@@ -15,6 +15,7 @@ Random backbone weights cost the same as real ones; the heads keep their initial
     python benchmarks/latency.py                           # ViT-L-14-336, 518 px, fp32 and bf16, 3 reps
     python benchmarks/latency.py --dtype fp32 --threads 2 --reps 5
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -35,19 +36,23 @@ MAP_DIFF_TARGET = 0.02
 
 def bare_side(model, x: torch.Tensor, dtype: torch.dtype, device: torch.device, fused: bool = False):
     """The image tower's own forward, the physical floor of our inference."""
+
     def run():
         with torch.inference_mode(), torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32):
             with no_mha_fastpath() if fused else contextlib.nullcontext():
                 model.backbone.clip.encode_image(x)
+
     return run
 
 
 def predict_side(detector, pictures: list, last: dict, stages: list):
     """Detector.predict_batch; keeps the predictions of the last call and every call's stage timings."""
+
     def run():
         preds = detector.predict_batch(pictures, "object")
         last["preds"] = preds
         stages.append(preds[0].timings)
+
     return run
 
 
@@ -76,8 +81,15 @@ def main(argv=None):
         sides[f"predict_{name}"] = predict_side(det, [picture] * args.batch, last[name], stages[name])
     times = common.interleave(sides, args.reps, device)
 
-    base = {"bench": "latency", "backbone": args.backbone, "image_size": args.image_size,
-            "input_px": args.input_px, "batch": args.batch, "reps": args.reps, "weights": "random"}
+    base = {
+        "bench": "latency",
+        "backbone": args.backbone,
+        "image_size": args.image_size,
+        "input_px": args.input_px,
+        "batch": args.batch,
+        "reps": args.reps,
+        "weights": "random",
+    }
     med = {side: common.median(t) for side, t in times.items()}
     for name in names:
         runs = stages[name][1:]  # the first entry is the warm-up call
@@ -85,17 +97,24 @@ def main(argv=None):
         unstaged = [total - sum(r.values()) for total, r in zip(times[f"predict_{name}"], runs, strict=True)]
         fused_side = f"bare_fused_{name}" if f"bare_fused_{name}" in times else f"bare_{name}"
         predict, bare, fused = med[f"predict_{name}"], med[f"bare_{name}"], med[fused_side]
-        record = {**base, "what": "predict_over_bare", "dtype": name,
-                  "ratio": round(predict / bare, 4), "target_max": OVERHEAD_TARGET,
-                  "met": predict / bare <= OVERHEAD_TARGET,
-                  "ratio_vs_bare_fused": round(predict / fused, 4),
-                  "met_vs_bare_fused": predict / fused <= OVERHEAD_TARGET,
-                  "predict_s": round(predict, 4), "bare_s": round(bare, 4), "bare_fused_s": round(fused, 4),
-                  "predict_runs_s": common.rounded(times[f"predict_{name}"]),
-                  "bare_runs_s": common.rounded(times[f"bare_{name}"]),
-                  "bare_fused_runs_s": common.rounded(times[fused_side]),
-                  "stages_median_s": common.rounded(stage_med),
-                  "unstaged_median_s": round(common.median(unstaged), 4)}
+        record = {
+            **base,
+            "what": "predict_over_bare",
+            "dtype": name,
+            "ratio": round(predict / bare, 4),
+            "target_max": OVERHEAD_TARGET,
+            "met": predict / bare <= OVERHEAD_TARGET,
+            "ratio_vs_bare_fused": round(predict / fused, 4),
+            "met_vs_bare_fused": predict / fused <= OVERHEAD_TARGET,
+            "predict_s": round(predict, 4),
+            "bare_s": round(bare, 4),
+            "bare_fused_s": round(fused, 4),
+            "predict_runs_s": common.rounded(times[f"predict_{name}"]),
+            "bare_runs_s": common.rounded(times[f"bare_{name}"]),
+            "bare_fused_runs_s": common.rounded(times[fused_side]),
+            "stages_median_s": common.rounded(stage_med),
+            "unstaged_median_s": round(common.median(unstaged), 4),
+        }
         common.emit(record, device, args.out, load_start)
     if "fp32" in names:
         ref = last["fp32"]["preds"]
@@ -106,15 +125,25 @@ def main(argv=None):
             score_diff = max(abs(a.score - b.score) for a, b in zip(ref, low, strict=True))
             speedup = med["predict_fp32"] / med[f"predict_{name}"]
             target = SPEEDUP_TARGET_CPU if device.type == "cpu" and name == "bf16" else None
-            common.emit({**base, "what": f"{name}_vs_fp32", "dtype": name,
-                         "speedup_predict": round(speedup, 4),
-                         "speedup_bare": round(med["bare_fp32"] / med[f"bare_{name}"], 4),
-                         "speedup_bare_fused": round(med["bare_fused_fp32"] / med[f"bare_{name}"], 4),
-                         "target_min_speedup": target,
-                         "met_speed": None if target is None else speedup >= target,
-                         "max_abs_map_diff": round(diff, 6), "max_abs_score_diff": round(score_diff, 6),
-                         "target_max_map_diff": MAP_DIFF_TARGET, "met_maps": diff <= MAP_DIFF_TARGET},
-                        device, args.out, load_start)
+            common.emit(
+                {
+                    **base,
+                    "what": f"{name}_vs_fp32",
+                    "dtype": name,
+                    "speedup_predict": round(speedup, 4),
+                    "speedup_bare": round(med["bare_fp32"] / med[f"bare_{name}"], 4),
+                    "speedup_bare_fused": round(med["bare_fused_fp32"] / med[f"bare_{name}"], 4),
+                    "target_min_speedup": target,
+                    "met_speed": None if target is None else speedup >= target,
+                    "max_abs_map_diff": round(diff, 6),
+                    "max_abs_score_diff": round(score_diff, 6),
+                    "target_max_map_diff": MAP_DIFF_TARGET,
+                    "met_maps": diff <= MAP_DIFF_TARGET,
+                },
+                device,
+                args.out,
+                load_start,
+            )
 
 
 if __name__ == "__main__":

@@ -13,6 +13,7 @@ Target: the app process with ViT-L-14-336 in fp32 at most 3 GB (1e9 bytes) RSS o
     python benchmarks/memory.py                     # ViT-L-14-336, 518 px: detector fp32 and bf16, app fp32
     python benchmarks/memory.py --dtype fp32 --no-app
 """
+
 from __future__ import annotations
 
 import json
@@ -77,8 +78,18 @@ def measure_app(spec: dict, env: dict, folder: Path) -> dict:
     from gradio_client import Client
 
     port = common.free_port()
-    cmd = [sys.executable, str(common.ROOT / "app.py"), "--checkpoint", spec["checkpoint"],
-           "--port", str(port), "--device", spec["device"], "--dtype", spec["dtype"]]
+    cmd = [
+        sys.executable,
+        str(common.ROOT / "app.py"),
+        "--checkpoint",
+        spec["checkpoint"],
+        "--port",
+        str(port),
+        "--device",
+        spec["device"],
+        "--dtype",
+        spec["dtype"],
+    ]
     log_path = folder / "app.log"
     url = f"http://127.0.0.1:{port}/"
     with open(log_path, "w") as log:
@@ -139,12 +150,20 @@ def main(argv=None):
     if run_app and not (common.ROOT / "app.py").is_file():
         p.error("app.py is absent: pass --no-app")
     load_start = os.getloadavg()[0]
-    base = {"bench": "memory", "backbone": args.backbone, "image_size": args.image_size,
-            "input_px": args.input_px,
-            "weights": "random, loaded from files like real ones (backbone file + heads checkpoint)"}
+    base = {
+        "bench": "memory",
+        "backbone": args.backbone,
+        "image_size": args.image_size,
+        "input_px": args.input_px,
+        "weights": "random, loaded from files like real ones (backbone file + heads checkpoint)",
+    }
     with tempfile.TemporaryDirectory() as tmp:
-        spec = {"backbone": args.backbone, "image_size": args.image_size, "device": str(device),
-                "input_px": args.input_px}
+        spec = {
+            "backbone": args.backbone,
+            "image_size": args.image_size,
+            "device": str(device),
+            "input_px": args.input_px,
+        }
         files = in_child("write", {**spec, "folder": tmp}, args, dict(os.environ))
         env = {**os.environ, "WMOE_BACKBONE_WEIGHTS": files["weights"]}
         spec.update(checkpoint=files["checkpoint"], picture=files["picture"])
@@ -156,12 +175,20 @@ def main(argv=None):
             else:
                 result = measure_app({**spec, "dtype": name}, env, Path(tmp))
                 what = "python app.py --checkpoint ... (as deployed) + one Analyze request over HTTP"
-            record = {**base, "what": "peak_memory", "process": process, "run": what, "dtype": name,
-                      **common.rounded(result, 3)}
+            record = {
+                **base,
+                "what": "peak_memory",
+                "process": process,
+                "run": what,
+                "dtype": name,
+                **common.rounded(result, 3),
+            }
             if device.type == "cpu" and process == "app":
                 target = TARGET_GB if args.backbone == "ViT-L-14-336" and name == "fp32" else None
-                record.update(target_max_gb=target,
-                              met=None if target is None else result["peak_rss_predicted_gb"] <= target)
+                record.update(
+                    target_max_gb=target,
+                    met=None if target is None else result["peak_rss_predicted_gb"] <= target,
+                )
             common.emit(record, device, args.out, load_start)
 
 

@@ -132,8 +132,12 @@ def main(argv=None) -> None:
     ap.add_argument("--n", type=int, default=200, help="number of synthetic maps")
     ap.add_argument("--size", type=int, default=518, help="map side in pixels")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--ref-n", type=int, default=20,
-                    help="maps on which the slow 200-threshold AUPRO is timed (time scaled to --n)")
+    ap.add_argument(
+        "--ref-n",
+        type=int,
+        default=20,
+        help="maps on which the slow 200-threshold AUPRO is timed (time scaled to --n)",
+    )
     ap.add_argument("--repeats", type=int, default=1, help="interleaved repeats; the minimum time is kept")
     ap.add_argument("--exact-n", type=int, default=5, help="maps for the brute-force exact AUPRO check")
     ap.add_argument("--exact-size", type=int, default=64, help="side of those maps")
@@ -168,23 +172,38 @@ def main(argv=None) -> None:
         t, v_ref = _timed(aupro_200_thresholds, sub_masks, sub_maps)
         ref_s.append(t)
     ref_scaled = min(ref_s) * args.n / ref_n
-    print(json.dumps({
-        "bench": "aupro", "n": args.n, "size": args.size, "pixels": n_pix, "gen_s": round(gen_s, 2),
-        "ours_s": round(min(ours_s), 3),
-        "ref": "200-threshold AUPRO (the common CLIP-repository recipe)",
-        "ref_n": ref_n, "ref_s": round(min(ref_s), 3),
-        "ref_s_scaled_to_n": round(ref_scaled, 3),
-        "ref_timing_note": (f"ref timed on a subset of {ref_n} maps ({k_anom} anomalous, {k_norm} normal, "
-                            f"same anomalous share), time scaled linearly to n={args.n}"
-                            if ref_n < args.n else "ref timed on all maps"),
-        "speedup": round(ref_scaled / min(ours_s), 1),
-        "ours_s_on_ref_subset": round(min(ours_sub_s), 4),
-        "speedup_on_ref_subset": round(min(ref_s) / min(ours_sub_s), 1),
-        "value_ours_all_maps": v_ours_full,
-        "value_ours": v_ours_sub, "value_ref": v_ref, "abs_diff": abs(v_ours_sub - v_ref),
-        "value_note": "values on the ref subset; the 200-threshold variant is coarse and "
-                      "FPR-range normalised",
-    }), flush=True)
+    print(
+        json.dumps(
+            {
+                "bench": "aupro",
+                "n": args.n,
+                "size": args.size,
+                "pixels": n_pix,
+                "gen_s": round(gen_s, 2),
+                "ours_s": round(min(ours_s), 3),
+                "ref": "200-threshold AUPRO (the common CLIP-repository recipe)",
+                "ref_n": ref_n,
+                "ref_s": round(min(ref_s), 3),
+                "ref_s_scaled_to_n": round(ref_scaled, 3),
+                "ref_timing_note": (
+                    f"ref timed on a subset of {ref_n} maps ({k_anom} anomalous, {k_norm} normal, "
+                    f"same anomalous share), time scaled linearly to n={args.n}"
+                    if ref_n < args.n
+                    else "ref timed on all maps"
+                ),
+                "speedup": round(ref_scaled / min(ours_s), 1),
+                "ours_s_on_ref_subset": round(min(ours_sub_s), 4),
+                "speedup_on_ref_subset": round(min(ref_s) / min(ours_sub_s), 1),
+                "value_ours_all_maps": v_ours_full,
+                "value_ours": v_ours_sub,
+                "value_ref": v_ref,
+                "abs_diff": abs(v_ours_sub - v_ref),
+                "value_note": "values on the ref subset; the 200-threshold variant is coarse and "
+                "FPR-range normalised",
+            }
+        ),
+        flush=True,
+    )
 
     # --- pixel AUROC: ours vs sklearn, all pixels ---
     ours_s, ref_s = [], []
@@ -194,23 +213,46 @@ def main(argv=None) -> None:
         ours_s.append(t)
         t, v_ref = _timed(roc_auc_score, y, s)
         ref_s.append(t)
-    print(json.dumps({
-        "bench": "pixel_auroc", "n": args.n, "size": args.size, "pixels": n_pix,
-        "ours_s": round(min(ours_s), 3), "ref": "sklearn roc_auc_score", "ref_s": round(min(ref_s), 3),
-        "speedup": round(min(ref_s) / min(ours_s), 2),
-        "value_ours": v_ours, "value_ref": float(v_ref), "abs_diff": abs(v_ours - float(v_ref)),
-    }), flush=True)
+    print(
+        json.dumps(
+            {
+                "bench": "pixel_auroc",
+                "n": args.n,
+                "size": args.size,
+                "pixels": n_pix,
+                "ours_s": round(min(ours_s), 3),
+                "ref": "sklearn roc_auc_score",
+                "ref_s": round(min(ref_s), 3),
+                "speedup": round(min(ref_s) / min(ours_s), 2),
+                "value_ours": v_ours,
+                "value_ref": float(v_ref),
+                "abs_diff": abs(v_ours - float(v_ref)),
+            }
+        ),
+        flush=True,
+    )
 
     # --- exactness: ours vs brute-force exact AUPRO on small maps ---
     em, ea = make_data(args.exact_n, args.exact_size, args.seed + 1, anomalous_frac=1.0)
     t_ours, v_ours = _timed(M.aupro, em, ea)
     t_ref, v_ref = _timed(aupro_exact_slow, em, ea)
-    print(json.dumps({
-        "bench": "aupro_exact", "n": args.exact_n, "size": args.exact_size,
-        "ours_s": round(t_ours, 4), "ref": "brute-force exact AUPRO (every distinct threshold)",
-        "ref_s": round(t_ref, 3), "speedup": round(t_ref / t_ours, 1),
-        "value_ours": v_ours, "value_ref": v_ref, "abs_diff": abs(v_ours - v_ref),
-    }), flush=True)
+    print(
+        json.dumps(
+            {
+                "bench": "aupro_exact",
+                "n": args.exact_n,
+                "size": args.exact_size,
+                "ours_s": round(t_ours, 4),
+                "ref": "brute-force exact AUPRO (every distinct threshold)",
+                "ref_s": round(t_ref, 3),
+                "speedup": round(t_ref / t_ours, 1),
+                "value_ours": v_ours,
+                "value_ref": v_ref,
+                "abs_diff": abs(v_ours - v_ref),
+            }
+        ),
+        flush=True,
+    )
 
 
 if __name__ == "__main__":

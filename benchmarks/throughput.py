@@ -10,6 +10,7 @@ ViT-L-14-336 at 518 px on a 2-core CPU costs about a minute per batch of 8: shri
     python benchmarks/throughput.py                                 # ViT-L-14-336, 518 px, fp32
     python benchmarks/throughput.py --backbone ViT-B-16 --image-size 224 --reps 5
 """
+
 from __future__ import annotations
 
 import os
@@ -41,20 +42,49 @@ def main(argv=None):
     sides[batches[0]]()  # first call: tokeniser cache, allocator, kernels
     times = common.interleave(sides, args.reps, device, warmup=1 if device.type == "cuda" else 0)
 
-    base = {"bench": "throughput", "backbone": args.backbone, "image_size": args.image_size,
-            "input_px": args.input_px, "dtype": args.dtype, "reps": args.reps, "weights": "random",
-            "order": "interleaved " + ", ".join(map(str, batches))}
+    base = {
+        "bench": "throughput",
+        "backbone": args.backbone,
+        "image_size": args.image_size,
+        "input_px": args.input_px,
+        "dtype": args.dtype,
+        "reps": args.reps,
+        "weights": "random",
+        "order": "interleaved " + ", ".join(map(str, batches)),
+    }
     per_image = {b: common.median(t) / b for b, t in times.items()}
     for b in batches:
-        common.emit({**base, "what": "images_per_s", "batch": b, "images_per_s": round(1 / per_image[b], 4),
-                     "s_per_image": round(per_image[b], 4), "call_s": round(common.median(times[b]), 4),
-                     "runs_s": common.rounded(times[b])}, device, args.out, load_start)
+        common.emit(
+            {
+                **base,
+                "what": "images_per_s",
+                "batch": b,
+                "images_per_s": round(1 / per_image[b], 4),
+                "s_per_image": round(per_image[b], 4),
+                "call_s": round(common.median(times[b]), 4),
+                "runs_s": common.rounded(times[b]),
+            },
+            device,
+            args.out,
+            load_start,
+        )
     for b in batches[1:]:
         ratio = per_image[b] / per_image[batches[0]]
         target = GPU_TARGET if device.type == "cuda" and b == 8 and batches[0] == 1 else None
-        common.emit({**base, "what": "per_image_time_ratio", "batch": b, "vs_batch": batches[0],
-                     "ratio": round(ratio, 4), "target_max": target,
-                     "met": None if target is None else ratio <= target}, device, args.out, load_start)
+        common.emit(
+            {
+                **base,
+                "what": "per_image_time_ratio",
+                "batch": b,
+                "vs_batch": batches[0],
+                "ratio": round(ratio, 4),
+                "target_max": target,
+                "met": None if target is None else ratio <= target,
+            },
+            device,
+            args.out,
+            load_start,
+        )
 
 
 if __name__ == "__main__":

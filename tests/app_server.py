@@ -1,4 +1,5 @@
 """Serving the demo for tests: app.build_app + app.launch on a free 127.0.0.1 port, without blocking."""
+
 import json
 import socket
 import urllib.request

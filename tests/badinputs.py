@@ -2,6 +2,7 @@
 
 Each case: name -> (file bytes or ndarray, expected: None for "works", or a phrase of the error message).
 """
+
 import io
 
 import numpy as np
@@ -51,7 +52,10 @@ def cases() -> dict:
         "strip_3x20000.png": (_png(Image.new("RGB", (3, 20000), (50, 60, 70))), None),
         "bomb.png": (_bomb(), "over the limit"),
         "sixteen_bit.png": (_png(Image.fromarray((rng.random((20, 30)) * 65535).astype(np.uint16))), None),
-        "sixteen_bit.tif": (_png(Image.fromarray((rng.random((20, 30)) * 65535).astype(np.uint16)), "TIFF"), None),
+        "sixteen_bit.tif": (
+            _png(Image.fromarray((rng.random((20, 30)) * 65535).astype(np.uint16)), "TIFF"),
+            None,
+        ),
         "cmyk.jpg": (_png(Image.new("CMYK", (20, 20), (0, 128, 255, 0)), "JPEG"), None),
         "rgba.png": (_png(Image.new("RGBA", (20, 20), (255, 0, 0, 0))), None),
         "palette.png": (_png(rgb.convert("P")), None),

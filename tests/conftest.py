@@ -1,4 +1,5 @@
 """Test settings: offline Hub, no analytics, headless matplotlib; tiny models and shared fixtures."""
+
 import os
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")

@@ -1,4 +1,5 @@
 """Lay files out as a Hugging Face Hub cache would (models--org--name/snapshots/<sha>, refs/main)."""
+
 import shutil
 from pathlib import Path
 

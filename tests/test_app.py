@@ -1,4 +1,5 @@
 """The Gradio demo, served on 127.0.0.1 and queried with gradio_client as a user's script would be."""
+
 import csv
 import io
 import json
@@ -62,8 +63,9 @@ def image_file(tmp_path_factory) -> Path:
 
 
 def analyze(client, path, class_name="brick wall", threshold=0.5, opacity=0.5, scale="fixed", ctds=False):
-    return client.predict(handle_file(str(path)), class_name, threshold, opacity, scale, ctds,
-                          api_name="/analyze")
+    return client.predict(
+        handle_file(str(path)), class_name, threshold, opacity, scale, ctds, api_name="/analyze"
+    )
 
 
 def test_analyze_outputs(client, served, image_file):
@@ -124,10 +126,16 @@ def test_bad_uploads_give_readable_errors(client, tmp_path):
 
 def test_compare_puts_the_variants_side_by_side(client, served, image_file):
     calls = len(served.calls)
-    gallery, table = client.predict(handle_file(str(image_file)), "brick wall", 0.5, 0.5, "fixed",
-                                    api_name="/compare")
-    names = ["full WMoE-CLIP", "without WCMA", "without CTDS", "SA-MoE with uniform weights",
-             "training-free CLIP baseline"]
+    gallery, table = client.predict(
+        handle_file(str(image_file)), "brick wall", 0.5, 0.5, "fixed", api_name="/compare"
+    )
+    names = [
+        "full WMoE-CLIP",
+        "without WCMA",
+        "without CTDS",
+        "SA-MoE with uniform weights",
+        "training-free CLIP baseline",
+    ]
     assert [g["caption"].split(":")[0] for g in gallery] == names
     assert len(served.calls) == calls + 5
     scores = [float(g["caption"].rsplit(" ", 1)[1]) for g in gallery]
@@ -213,8 +221,9 @@ def test_no_checkpoint_offers_the_baseline(image_file):
         assert result["model"]["name"].startswith("training-free CLIP baseline")
         assert result["expert_weights"] is None
         assert chart is None and experts == [] and Image.open(overlay).size == (173, 121)
-        gallery, table = client.predict(handle_file(str(image_file)), "brick wall", 0.5, 0.5, "fixed",
-                                        api_name="/compare")
+        gallery, table = client.predict(
+            handle_file(str(image_file)), "brick wall", 0.5, 0.5, "fixed", api_name="/compare"
+        )
         assert [g["caption"].split(":")[0] for g in gallery] == ["training-free CLIP baseline"]
         assert "need a checkpoint" in table
     finally:
@@ -224,11 +233,20 @@ def test_no_checkpoint_offers_the_baseline(image_file):
 def test_python_app_py_starts_without_checkpoint_or_weights(tmp_path, image_file):
     """The real entry point, offline with an empty Hub cache: it starts, says why, and refuses to run."""
     port = free_port()
-    env = {k: v for k, v in os.environ.items() if k not in ("WMOE_CHECKPOINT", "GRADIO_SERVER_NAME",
-                                                            "GRADIO_SERVER_PORT", "WMOE_BACKBONE_WEIGHTS")}
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in ("WMOE_CHECKPOINT", "GRADIO_SERVER_NAME", "GRADIO_SERVER_PORT", "WMOE_BACKBONE_WEIGHTS")
+    }
     env.update(HF_HUB_OFFLINE="1", HF_HOME=str(tmp_path / "hf"), GRADIO_ANALYTICS_ENABLED="False")
-    proc = subprocess.Popen([sys.executable, "app.py", "--port", str(port)], cwd=REPO, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "app.py", "--port", str(port)],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     url = f"http://127.0.0.1:{port}/"
     try:
         deadline = time.time() + 45

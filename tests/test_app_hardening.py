@@ -3,6 +3,7 @@ for server files, all against one app process (the tiny untrained checkpoint) on
 
 Every request goes through gradio_client, as a user's script would send it; the server runs in this process.
 """
+
 import ctypes
 import gc
 import html
@@ -111,6 +112,7 @@ def resident_mb() -> float:
 
 # ----------------------------------------------------------------------------- 1. the battery of uploads
 
+
 def test_every_awkward_upload_then_a_normal_request(served, client, small_image, tmp_path):
     cases = {n: c for n, c in write_cases(tmp_path).items() if isinstance(c[0], Path)}  # arrays: API only
     assert len(cases) == 15
@@ -137,8 +139,9 @@ def test_every_awkward_upload_then_a_normal_request(served, client, small_image,
 
 def test_the_battery_as_one_batch(client, tmp_path):
     cases = {n: c for n, c in write_cases(tmp_path).items() if isinstance(c[0], Path)}
-    gallery, summary, csv_file = client.predict([handle_file(str(p)) for p, _ in cases.values()], "part", 0.5,
-                                                api_name="/batch")
+    gallery, summary, csv_file = client.predict(
+        [handle_file(str(p)) for p, _ in cases.values()], "part", 0.5, api_name="/batch"
+    )
     bad = {n: e for n, (_, e) in cases.items() if e}
     assert len(gallery) == len(cases) - len(bad)
     plain = summary.replace("\\", "")  # Markdown escapes
@@ -150,6 +153,7 @@ def test_the_battery_as_one_batch(client, tmp_path):
 
 
 # ----------------------------------------------------------------------------- 2. class names
+
 
 @pytest.mark.parametrize("blank", ["", "   \t  "])
 def test_blank_class_name_uses_object_and_says_so(client, small_image, blank):
@@ -177,7 +181,7 @@ def test_markup_in_the_class_name_is_shown_as_text(client, small_image, markup):
     assert result_of(outputs)["class_name"] == markup  # the model got exactly what was typed
     [shown] = [line for line in rendered(outputs[1]).splitlines() if "Class: " in line]
     assert shown.startswith("<p>Class: ") and shown.count("<") == 2, shown  # only <p> and </p>: no markup ran
-    text = html.unescape(shown[len("<p>Class: "):])
+    text = html.unescape(shown[len("<p>Class: ") :])
     assert text.startswith(f"{markup} | image 64x48 px"), shown  # visible, exactly as typed
 
 
@@ -191,6 +195,7 @@ def test_markup_in_a_file_name_never_reaches_the_error_as_markup(client, tmp_pat
 
 
 # ----------------------------------------------------------------------------- 3. load
+
 
 @pytest.fixture(scope="module")
 def load_requests(tmp_path_factory) -> list[tuple[Path, str]]:
@@ -207,8 +212,11 @@ def load_requests(tmp_path_factory) -> list[tuple[Path, str]]:
 
 def burst(clients, requests, alone):
     """Every client sends every request at once (16 in flight); each answer must equal the one made alone."""
-    jobs = [(i, c.submit(handle_file(str(p)), name, 0.5, 0.5, "fixed", False, api_name="/analyze"))
-            for c in clients for i, (p, name) in enumerate(requests)]
+    jobs = [
+        (i, c.submit(handle_file(str(p)), name, 0.5, 0.5, "fixed", False, api_name="/analyze"))
+        for c in clients
+        for i, (p, name) in enumerate(requests)
+    ]
     for i, job in jobs:
         out = job.result(timeout=180)
         result = result_of(out)
@@ -225,8 +233,10 @@ def test_16_concurrent_requests_equal_the_same_requests_alone(served, load_reque
     settled = resident_mb()
     burst(clients, load_requests, alone)
     after = resident_mb()
-    print(f"resident memory: {start:.0f} MB before the first burst, {settled:.0f} MB after it, "
-          f"{after:.0f} MB after the second")
+    print(
+        f"resident memory: {start:.0f} MB before the first burst, {settled:.0f} MB after it, "
+        f"{after:.0f} MB after the second"
+    )
     assert after - settled < 60, f"16 requests kept {after - settled:.0f} MB ({settled:.0f} MB before)"
 
 
@@ -245,8 +255,9 @@ def test_a_full_queue_refuses_politely_and_recovers(served, small_image, monkeyp
         client = Client(url, verbose=False)
 
         def submit():
-            return client.submit(handle_file(str(small_image)), "part", 0.5, 0.5, "fixed", False,
-                                 api_name="/analyze")
+            return client.submit(
+                handle_file(str(small_image)), "part", 0.5, 0.5, "fixed", False, api_name="/analyze"
+            )
 
         running = submit()
         assert started.wait(60), "the first request never reached the model"
@@ -270,25 +281,37 @@ def test_a_full_queue_refuses_politely_and_recovers(served, small_image, monkeyp
 
 # ----------------------------------------------------------------------------- 4. server files
 
+
 def test_no_server_file_is_served_that_the_user_did_not_upload(served, client, small_image):
     config_json = served.checkpoint / "config.json"
     secret = config_json.read_bytes()
     cache = Path(gradio_utils.get_upload_folder())
     downloads = Client(served.url, verbose=False, download_files=False).predict(
-        handle_file(str(small_image)), "part", 0.5, 0.5, "fixed", False, api_name="/analyze")[7]
+        handle_file(str(small_image)), "part", 0.5, 0.5, "fixed", False, api_name="/analyze"
+    )[7]
     made = next(f for f in downloads if f["path"].endswith("_result.json"))
     written = next(f for folder in served.scratch for f in folder.glob(f"*/{Path(made['path']).name}"))
-    probes = [f"/gradio_api/file={config_json}", f"/file={config_json}", f"/gradio_api/file={written}",
-              "/gradio_api/file=/etc/passwd", "/file=/etc/passwd", "/gradio_api/file=/proc/self/environ",
-              "/gradio_api/file=app.py", f"/gradio_api/file={REPO / 'app.py'}",
-              f"/gradio_api/file={REPO / 'assets/examples/examples.json'}",
-              "/gradio_api/file=../../../../etc/passwd", "/gradio_api/file=..%2f..%2f..%2f..%2fetc%2fpasswd",
-              f"/gradio_api/file={cache}/../../../etc/passwd",
-              f"/gradio_api/file={cache}/%2e%2e/%2e%2e/etc/passwd",
-              f"/gradio_api/file={made['path']}/../../../../etc/passwd",
-              f"/gradio_api/file={Path(made['path']).parent}/{'..%2f' * 6}etc/passwd",
-              "/gradio_api/file=%2fetc%2fpasswd", "/gradio_api/file=//etc/passwd",
-              "/static/../../../etc/passwd", "/assets/..%2f..%2f..%2fetc%2fpasswd"]
+    probes = [
+        f"/gradio_api/file={config_json}",
+        f"/file={config_json}",
+        f"/gradio_api/file={written}",
+        "/gradio_api/file=/etc/passwd",
+        "/file=/etc/passwd",
+        "/gradio_api/file=/proc/self/environ",
+        "/gradio_api/file=app.py",
+        f"/gradio_api/file={REPO / 'app.py'}",
+        f"/gradio_api/file={REPO / 'assets/examples/examples.json'}",
+        "/gradio_api/file=../../../../etc/passwd",
+        "/gradio_api/file=..%2f..%2f..%2f..%2fetc%2fpasswd",
+        f"/gradio_api/file={cache}/../../../etc/passwd",
+        f"/gradio_api/file={cache}/%2e%2e/%2e%2e/etc/passwd",
+        f"/gradio_api/file={made['path']}/../../../../etc/passwd",
+        f"/gradio_api/file={Path(made['path']).parent}/{'..%2f' * 6}etc/passwd",
+        "/gradio_api/file=%2fetc%2fpasswd",
+        "/gradio_api/file=//etc/passwd",
+        "/static/../../../etc/passwd",
+        "/assets/..%2f..%2f..%2fetc%2fpasswd",
+    ]
     for probe in probes:
         status, body = get(served.url, probe)
         assert status in (400, 403, 404), (probe, status)
@@ -326,6 +349,7 @@ def test_error_messages_carry_no_server_paths(served, client, small_image, monke
     def fails(error):
         def run(*args):
             raise error
+
         return run
 
     monkeypatch.setattr(app_views, "_predict", fails(ValueError(f"cannot use {where}: shapes differ")))

@@ -2,6 +2,7 @@
 
 Also writes assets/screenshot.png (the tiny untrained model), which README shows.
 """
+
 import shutil
 from pathlib import Path
 
@@ -15,14 +16,24 @@ playwright = pytest.importorskip("playwright.sync_api")
 
 REPO = Path(__file__).resolve().parents[1]
 CHROMIUM = Path("/usr/bin/chromium")
-FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-         "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
 EXAMPLE = REPO / "assets" / "examples" / "brick_crack.png"
 SCREENSHOT = REPO / "assets" / "screenshot.png"
 MAX_SCREENSHOT_BYTES = 500_000
 
-pytestmark = [pytest.mark.browser,
-              pytest.mark.skipif(not CHROMIUM.exists(), reason="needs Debian's Chromium (apt-get install)")]
+pytestmark = [
+    pytest.mark.browser,
+    pytest.mark.skipif(not CHROMIUM.exists(), reason="needs Debian's Chromium (apt-get install)"),
+]
 
 
 @pytest.fixture(scope="module")
@@ -36,8 +47,12 @@ def test_analyze_in_chromium(url, tmp_path):
     expect = playwright.expect
     with playwright.sync_playwright() as p:
         browser = p.chromium.launch_persistent_context(
-            user_data_dir=str(tmp_path / "profile"), executable_path=str(CHROMIUM), headless=True, args=FLAGS,
-            viewport={"width": 1280, "height": 900})
+            user_data_dir=str(tmp_path / "profile"),
+            executable_path=str(CHROMIUM),
+            headless=True,
+            args=FLAGS,
+            viewport={"width": 1280, "height": 900},
+        )
         try:
             page = browser.new_page()
             page.goto(url)

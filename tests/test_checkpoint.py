@@ -1,4 +1,5 @@
 """Checkpoints: round trip, Hub cache offline, fast clear errors, broken files."""
+
 import json
 import os
 import subprocess
@@ -10,7 +11,6 @@ import huggingface_hub
 import numpy as np
 import pytest
 import torch
-from conftest import randomize_heads
 from hubcache import populate_hub_cache
 from safetensors.torch import load_file, save_file
 
@@ -82,11 +82,15 @@ def test_hub_repo_id_from_cache_offline(tiny_checkpoint, tmp_path):
     """A Hub repo id resolves from a populated HF_HOME cache with HF_HUB_OFFLINE=1 (fresh process)."""
     files = {p.name: p for p in tiny_checkpoint.iterdir()}
     populate_hub_cache(tmp_path / "hf" / "hub", "someone/wmoe-tiny", files)
-    code = ("from wmoe import Detector; import numpy as np; d = Detector.from_pretrained('someone/wmoe-tiny');"
-            "print(round(d.predict(np.zeros((8, 8, 3)), 'x').score, 6))")
+    code = (
+        "from wmoe import Detector; import numpy as np; d = Detector.from_pretrained('someone/wmoe-tiny');"
+        "print(round(d.predict(np.zeros((8, 8, 3)), 'x').score, 6))"
+    )
     env = {**os.environ, "HF_HOME": str(tmp_path / "hf"), "HF_HUB_OFFLINE": "1"}
     env.pop("HF_HUB_CACHE", None)
-    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+    out = subprocess.run(
+        [sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True, text=True, timeout=120
+    )
     assert out.returncode == 0, out.stderr
     expected = Detector.from_pretrained(tiny_checkpoint).predict(np.zeros((8, 8, 3)), "x").score
     assert float(out.stdout.strip()) == pytest.approx(expected, abs=1e-6)
@@ -105,7 +109,11 @@ def test_missing_backbone_weights_offline_is_fast_and_clear():
         resolve_backbone_weights(WMoEConfig())
     assert time.perf_counter() - start < 5
     msg = str(err.value)
-    assert "timm/vit_large_patch14_clip_336.openai" in msg and "WMOE_BACKBONE_WEIGHTS" in msg and "HF_HUB_OFFLINE" in msg
+    assert (
+        "timm/vit_large_patch14_clip_336.openai" in msg
+        and "WMOE_BACKBONE_WEIGHTS" in msg
+        and "HF_HUB_OFFLINE" in msg
+    )
 
 
 def test_unreachable_hub_fails_within_5_seconds(monkeypatch):
@@ -122,6 +130,7 @@ def test_unreachable_hub_fails_within_5_seconds(monkeypatch):
 def test_backbone_from_hub_cache(tmp_path, monkeypatch):
     """A pretrained tag resolves through the Hub cache to a file open_clip loads."""
     import open_clip
+
     model = WMoECLIP(WMoEConfig.tiny())
     weights = tmp_path / "open_clip_model.safetensors"
     save_file({k: v.contiguous() for k, v in model.backbone.clip.state_dict().items()}, weights)
@@ -160,7 +169,10 @@ def test_config_with_unknown_and_missing_fields(tiny_checkpoint, tmp_path):
     del payload["config"]["num_experts"]
     payload["config"]["wavelet_levels"] = 3
     (bad / "config.json").write_text(json.dumps(payload))
-    with pytest.raises(ConfigError, match=r"config.json: unknown fields \['wavelet_levels'\] and missing fields \['num_experts'\]"):
+    with pytest.raises(
+        ConfigError,
+        match=r"config.json: unknown fields \['wavelet_levels'\] and missing fields \['num_experts'\]",
+    ):
         load_model(bad)
 
 
@@ -183,6 +195,7 @@ def test_not_a_checkpoint(tmp_path):
 def test_checkpoint_for_another_backbone(tiny_checkpoint, tmp_path):
     """Weights made for one backbone, a config naming another: the message names both sides."""
     import open_clip
+
     cfg = json.loads((Path(__file__).resolve().parents[1] / "wmoe/model_configs/wmoe-tiny.json").read_text())
     cfg["embed_dim"] = 32
     (tmp_path / "configs").mkdir()
@@ -199,6 +212,7 @@ def test_checkpoint_for_another_backbone(tiny_checkpoint, tmp_path):
 def test_save_is_atomic(tiny_checkpoint, tmp_path, monkeypatch):
     """A failure while writing (disk full) leaves the previous checkpoint files intact and loadable."""
     import wmoe.checkpoint as ck
+
     folder = _copy(tiny_checkpoint, tmp_path / "ckpt")
     before = (folder / "model.safetensors").read_bytes()
     model, _ = load_model(folder)
@@ -217,7 +231,9 @@ def test_save_is_atomic(tiny_checkpoint, tmp_path, monkeypatch):
 def test_no_code_path_unpickles():
     """Every torch.load passes weights_only=True; no pickle module anywhere in our code."""
     root = Path(__file__).resolve().parents[1]
-    sources = [p for p in root.rglob("*.py") if not any(part.startswith(".") for part in p.relative_to(root).parts)]
+    sources = [
+        p for p in root.rglob("*.py") if not any(part.startswith(".") for part in p.relative_to(root).parts)
+    ]
     for path in sources:
         if path.name == "test_checkpoint.py":
             continue

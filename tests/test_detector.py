@@ -1,5 +1,7 @@
 """Detector and Prediction: the public inference API."""
+
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -53,7 +55,7 @@ def test_batch_equals_single(detector, image):
     other = image.transpose(Image.FLIP_LEFT_RIGHT).resize((64, 64))
     batch = detector.predict_batch([image, other], ["bottle", "screw"])
     single = [detector.predict(image, "bottle"), detector.predict(other, "screw")]
-    for b, s in zip(batch, single):
+    for b, s in zip(batch, single, strict=True):
         assert b.score == pytest.approx(s.score, abs=1e-5)
         np.testing.assert_allclose(b.anomaly_map, s.anomaly_map, atol=1e-5)
     assert batch[1].anomaly_map.shape == (64, 64)
@@ -90,11 +92,23 @@ def test_bad_image_message(detector, tmp_path):
 
 def test_cli_make_tiny_and_predict(tmp_path, image):
     image.save(tmp_path / "some.png")
-    run = lambda *a: subprocess.run([sys.executable, "-m", "wmoe", *a], cwd=tmp_path, capture_output=True,  # noqa: E731
-                                    text=True, timeout=180, env={**__import__("os").environ, "PYTHONPATH": str(REPO)})
+
+    def run(*a):
+        env = {**os.environ, "PYTHONPATH": str(REPO)}
+        return subprocess.run(
+            [sys.executable, "-m", "wmoe", *a],
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            timeout=180,
+            env=env,
+        )
+
     made = run("make-tiny", "tiny-ckpt")
     assert made.returncode == 0, made.stderr
-    out = run("predict", "some.png", "missing.png", "--class", "bottle", "--checkpoint", "tiny-ckpt", "--out", "out")
+    out = run(
+        "predict", "some.png", "missing.png", "--class", "bottle", "--checkpoint", "tiny-ckpt", "--out", "out"
+    )
     assert out.returncode == 1  # one image could not be read
     assert "missing.png: no such file" in out.stderr and "Traceback" not in out.stderr
     line = json.loads(out.stdout.strip().splitlines()[-1])

@@ -1,4 +1,5 @@
 """Bad and awkward images through the Python API and the CLI: a clear message or a correct result."""
+
 import json
 import os
 import subprocess
@@ -68,9 +69,23 @@ def test_markup_class_name_is_plain_text(detector, inputs):
 
 def test_cli_reports_each_bad_file_and_goes_on(inputs, tiny_checkpoint, tmp_path):
     files = [str(p) for p, _ in inputs.values() if isinstance(p, Path)]
-    out = subprocess.run([sys.executable, "-m", "wmoe", "predict", *files, "--checkpoint", str(tiny_checkpoint),
-                          "--out", str(tmp_path)], capture_output=True, text=True, timeout=300,
-                         env={**os.environ, "PYTHONPATH": str(REPO)})
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "wmoe",
+            "predict",
+            *files,
+            "--checkpoint",
+            str(tiny_checkpoint),
+            "--out",
+            str(tmp_path),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+    )
     assert out.returncode == 1 and "Traceback" not in out.stderr
     good = [json.loads(line)["path"] for line in out.stdout.splitlines()]
     bad = [line for line in out.stderr.splitlines() if line.startswith("skipped: ")]

@@ -269,7 +269,13 @@ def test_single_label_gives_nan():
         assert math.isnan(f(np.ones((2, 5, 5), bool), maps)), f.__name__
     out = M.compute_all(np.zeros(2, bool), np.array([0.1, 0.2]), np.zeros((2, 5, 5), bool), maps)
     assert set(out) == {
-        "image_auroc", "image_ap", "image_f1_max", "pixel_auroc", "pixel_ap", "pixel_f1_max", "pixel_aupro",
+        "image_auroc",
+        "image_ap",
+        "image_f1_max",
+        "pixel_auroc",
+        "pixel_ap",
+        "pixel_f1_max",
+        "pixel_aupro",
     }
     assert all(math.isnan(v) for v in out.values())
 

@@ -1,4 +1,5 @@
 """WMoECLIP: shapes, ranges, switches, frozen backbone, and the multi-layer trap."""
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -71,7 +72,11 @@ def test_config_switch_equals_runtime_skip(model, images, module):
     """A model built without a module computes what the full model computes when skipping it."""
     cfg = model.config.replace(**{f"use_{module}": False})
     small = WMoECLIP(cfg, backbone=model.backbone).eval()
-    state = {k: v for k, v in model.state_dict().items() if k in small.state_dict() and not k.startswith("backbone.")}
+    state = {
+        k: v
+        for k, v in model.state_dict().items()
+        if k in small.state_dict() and not k.startswith("backbone.")
+    }
     if module == "ctds":  # the router then takes g alone: drop the latent columns
         state["moe.router.weight"] = state["moe.router.weight"][:, : model.backbone.embed_dim]
     small.load_state_dict(state, strict=False)
@@ -83,13 +88,20 @@ def test_config_switch_equals_runtime_skip(model, images, module):
 
 
 def test_all_off_is_plain_clip_prompt_scoring(images):
-    cfg = WMoEConfig.baseline(**{k: v for k, v in WMoEConfig.tiny().to_dict().items()
-                                 if k in ("backbone", "pretrained", "image_size", "layers", "smoothing_sigma")})
+    cfg = WMoEConfig.baseline(
+        **{
+            k: v
+            for k, v in WMoEConfig.tiny().to_dict().items()
+            if k in ("backbone", "pretrained", "image_size", "layers", "smoothing_sigma")
+        }
+    )
     model = WMoECLIP(cfg).eval()
     assert model.head_parameters() == {}
     out = model(images, ["bottle"] * 2)
     bb = model.backbone
-    text = F.normalize(bb.encode_text([cfg.normal_template.format("bottle"), cfg.abnormal_template.format("bottle")]), dim=-1)
+    text = F.normalize(
+        bb.encode_text([cfg.normal_template.format("bottle"), cfg.abnormal_template.format("bottle")]), dim=-1
+    )
     g, taps = bb.encode_image(images)
     probs = (F.normalize(g, dim=-1) @ text.t() / cfg.temperature).softmax(-1)[:, 1]
     torch.testing.assert_close(out.image_score, probs)
@@ -104,8 +116,12 @@ def test_truncated_text_equals_full_context(model):
     """Running the text tower only up to the end-of-text token gives CLIP's own encode_text."""
     bb = model.backbone
     ids = bb.tokenizer(["a photo of a damaged bottle", "cable"])
-    torch.testing.assert_close(bb.encode_text(["a photo of a damaged bottle", "cable"]),
-                               bb.clip.encode_text(ids), rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(
+        bb.encode_text(["a photo of a damaged bottle", "cable"]),
+        bb.clip.encode_text(ids),
+        rtol=1e-4,
+        atol=1e-5,
+    )
 
 
 def test_only_heads_get_gradients_and_backbone_stays_frozen(images):
@@ -140,5 +156,6 @@ def test_ctds_needs_context_tokens():
 
 def test_backbone_taps_out_of_range():
     from wmoe import ConfigError
+
     with pytest.raises(ConfigError, match="exceed"):
         Backbone(WMoEConfig.tiny(layers=(2, 9)))

@@ -59,8 +59,14 @@ def check_meta(meta: dict, root: Path, out: Path) -> None:
 
 def counts(meta: dict) -> dict[str, tuple[int, int, int]]:
     """cls -> (normal, anomalous, with mask)."""
-    return {cls: (sum(1 - e["anomaly"] for e in es), sum(e["anomaly"] for e in es), sum(bool(e["mask_path"]) for e in es))
-            for cls, es in meta["test"].items()}
+    return {
+        cls: (
+            sum(1 - e["anomaly"] for e in es),
+            sum(e["anomaly"] for e in es),
+            sum(bool(e["mask_path"]) for e in es),
+        )
+        for cls, es in meta["test"].items()
+    }
 
 
 def run(dataset: str, root: Path, tmp_path: Path, **kw) -> dict:
@@ -130,8 +136,13 @@ def make_dagm(root: Path) -> Path:
         for i in (2, 4):
             mask(test / "Label" / f"{i:04d}_label.PNG")
         img(root / cls / "Train" / "0001.PNG")
-    lines = ["1", "1\t0\t0001.PNG\t0\t0", "2\t1\t0002.PNG\t0\t0002_label.PNG", "3\t0\t0003.PNG\t0\t0",
-             "4\t1\t0004.PNG\t0\t0004_label.PNG"]
+    lines = [
+        "1",
+        "1\t0\t0001.PNG\t0\t0",
+        "2\t1\t0002.PNG\t0\t0002_label.PNG",
+        "3\t0\t0003.PNG\t0\t0",
+        "4\t1\t0004.PNG\t0\t0004_label.PNG",
+    ]
     (root / "Class1" / "Test" / "Label" / "Labels.txt").write_text("\n".join(lines) + "\n")
     return root
 
@@ -196,7 +207,10 @@ def make_tn3k(root: Path) -> Path:
 LAYOUTS = {
     "mvtec": (make_mvtec, {"bottle": (2, 3, 3), "screw": (2, 3, 3)}),
     "mpdd": (make_mvtec, {"bottle": (2, 3, 3), "screw": (2, 3, 3)}),
-    "dtd": (lambda r: make_mvtec(r, ("Blotchy_099", "Woven_001"), "bad"), {"Blotchy_099": (2, 3, 3), "Woven_001": (2, 3, 3)}),
+    "dtd": (
+        lambda r: make_mvtec(r, ("Blotchy_099", "Woven_001"), "bad"),
+        {"Blotchy_099": (2, 3, 3), "Woven_001": (2, 3, 3)},
+    ),
     "visa": (make_visa, {"candle": (1, 2, 2), "pcb1": (1, 2, 2)}),
     "btad": (make_btad, {"01": (1, 2, 2), "02": (1, 2, 2), "03": (1, 2, 2)}),
     "ksdd": (make_ksdd, {"ksdd": (4, 2, 2)}),
@@ -227,10 +241,18 @@ def test_layout(dataset, tmp_path):
 def test_mvtec_details(tmp_path):
     meta = run("mvtec", make_mvtec(tmp_path / "d"), tmp_path)
     e = meta["test"]["bottle"]
-    assert [x["img_path"] for x in e if not x["anomaly"]] == ["bottle/test/good/000.png", "bottle/test/good/001.png"]
+    assert [x["img_path"] for x in e if not x["anomaly"]] == [
+        "bottle/test/good/000.png",
+        "bottle/test/good/001.png",
+    ]
     bad = [x for x in e if x["anomaly"]][0]
-    assert bad == {"img_path": "bottle/test/broken/000.png", "mask_path": "bottle/ground_truth/broken/000_mask.png",
-                   "cls_name": "bottle", "specie_name": "broken", "anomaly": 1}
+    assert bad == {
+        "img_path": "bottle/test/broken/000.png",
+        "mask_path": "bottle/ground_truth/broken/000_mask.png",
+        "cls_name": "bottle",
+        "specie_name": "broken",
+        "anomaly": 1,
+    }
     assert not any("train" in x["img_path"] for x in e)
     # a single class folder as the root, renamed
     meta = run("mvtec", tmp_path / "d" / "screw", tmp_path, class_name="metal screw")
@@ -243,8 +265,13 @@ def test_ksdd_decides_by_opening_the_label(tmp_path):
     by_img = {e["img_path"]: e for e in meta["test"]["ksdd"]}
     assert by_img["kos01/Part1.jpg"]["anomaly"] == 1
     assert by_img["kos01/Part1.jpg"]["mask_path"] == "kos01/Part1_label.bmp"
-    assert by_img["kos01/Part0.jpg"] == {"img_path": "kos01/Part0.jpg", "mask_path": "", "cls_name": "ksdd",
-                                         "specie_name": "good", "anomaly": 0}
+    assert by_img["kos01/Part0.jpg"] == {
+        "img_path": "kos01/Part0.jpg",
+        "mask_path": "",
+        "cls_name": "ksdd",
+        "specie_name": "good",
+        "anomaly": 0,
+    }
     assert not any("_label" in p for p in by_img)
 
 
@@ -259,8 +286,10 @@ def test_ksdd2_variant(tmp_path):
 
 def test_dagm_labels_txt_wins_over_file_presence(tmp_path):
     root = make_dagm(tmp_path / "dagm")
-    (root / "Class1" / "Test" / "Label" / "Labels.txt").write_text("1\n1\t0\t0001.PNG\t0\t0\n2\t1\t0002.PNG\t0\t0002_label.PNG\n"
-                                                                    "3\t0\t0003.PNG\t0\t0\n4\t0\t0004.PNG\t0\t0\n")
+    (root / "Class1" / "Test" / "Label" / "Labels.txt").write_text(
+        "1\n1\t0\t0001.PNG\t0\t0\n2\t1\t0002.PNG\t0\t0002_label.PNG\n"
+        "3\t0\t0003.PNG\t0\t0\n4\t0\t0004.PNG\t0\t0\n"
+    )
     assert counts(run("dagm", root, tmp_path))["Class1"] == (3, 1, 1)
 
 
@@ -375,8 +404,9 @@ def _break(dataset: str, root: Path) -> tuple[Path, str]:
     raise AssertionError(dataset)
 
 
-@pytest.mark.parametrize("dataset", ["mvtec", "visa", "btad", "ksdd", "dagm", "headct", "brainmri", "isic", "tn3k",
-                                     "clinicdb"])
+@pytest.mark.parametrize(
+    "dataset", ["mvtec", "visa", "btad", "ksdd", "dagm", "headct", "brainmri", "isic", "tn3k", "clinicdb"]
+)
 def test_malformed_layouts_give_clear_errors(dataset, tmp_path):
     root = LAYOUTS[dataset][0](tmp_path / dataset)
     root, needle = _break(dataset, root)
@@ -422,8 +452,19 @@ def test_cli_writes_default_meta_and_summarises(tmp_path, capsys):
 
 def test_cli_error_exits_2_without_traceback(tmp_path):
     (tmp_path / "test-image").mkdir()
-    proc = subprocess.run([sys.executable, str(REPO / "training" / "prepare_data.py"), "--dataset", "tn3k", "--root",
-                           str(tmp_path)], capture_output=True, text=True, timeout=60)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            str(REPO / "training" / "prepare_data.py"),
+            "--dataset",
+            "tn3k",
+            "--root",
+            str(tmp_path),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert proc.returncode == 2
     assert proc.stderr.startswith("error: ") and "test-mask" in proc.stderr
     assert "Traceback" not in proc.stderr

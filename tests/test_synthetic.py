@@ -33,21 +33,41 @@ def test_same_seed_gives_byte_identical_files(tmp_path):
 
 
 def test_one_image_does_not_depend_on_what_else_is_generated(tmp_path):
-    syn.generate(tmp_path / "a", categories=["nut", "felt"], n_train_good=1, n_test_good=1,
-                 n_test_defect_per_type=1, size=40, seed=0)
-    syn.generate(tmp_path / "b", categories=["felt"], n_train_good=3, n_test_good=1,
-                 n_test_defect_per_type=2, size=40, seed=0, defects=["hole"])
+    syn.generate(
+        tmp_path / "a",
+        categories=["nut", "felt"],
+        n_train_good=1,
+        n_test_good=1,
+        n_test_defect_per_type=1,
+        size=40,
+        seed=0,
+    )
+    syn.generate(
+        tmp_path / "b",
+        categories=["felt"],
+        n_train_good=3,
+        n_test_good=1,
+        n_test_defect_per_type=2,
+        size=40,
+        seed=0,
+        defects=["hole"],
+    )
     for rel in ("felt/train/good/000.png", "felt/test/hole/000.png", "felt/ground_truth/hole/000_mask.png"):
         assert (tmp_path / "a" / rel).read_bytes() == (tmp_path / "b" / rel).read_bytes()
 
 
 def test_mvtec_layout_and_mask_format(tmp_path):
-    names = syn.generate(tmp_path, categories=2, n_train_good=3, n_test_good=2, n_test_defect_per_type=2,
-                         size=64, seed=0)
+    names = syn.generate(
+        tmp_path, categories=2, n_train_good=3, n_test_good=2, n_test_defect_per_type=2, size=64, seed=0
+    )
     assert names == [syn.DEFAULT_CATEGORIES[0][0], syn.DEFAULT_CATEGORIES[1][0]]
     for cls in names:
         base = tmp_path / cls
-        assert sorted(p.name for p in (base / "train" / "good").iterdir()) == ["000.png", "001.png", "002.png"]
+        assert sorted(p.name for p in (base / "train" / "good").iterdir()) == [
+            "000.png",
+            "001.png",
+            "002.png",
+        ]
         assert sorted(p.name for p in (base / "test" / "good").iterdir()) == ["000.png", "001.png"]
         assert sorted(p.name for p in (base / "test").iterdir()) == sorted(("good",) + syn.DEFECT_KINDS)
         assert sorted(p.name for p in (base / "ground_truth").iterdir()) == sorted(syn.DEFECT_KINDS)
@@ -167,8 +187,23 @@ def test_speed_sanity_six_categories_sixty_images(tmp_path):
 
 
 def test_cli(tmp_path, capsys):
-    rc = syn.main([str(tmp_path / "d"), "--categories", "2", "--size", "32", "--n-train-good", "1",
-                   "--n-test-good", "1", "--n-test-defect", "1", "--defects", "hole,scratch"])
+    rc = syn.main(
+        [
+            str(tmp_path / "d"),
+            "--categories",
+            "2",
+            "--size",
+            "32",
+            "--n-train-good",
+            "1",
+            "--n-test-good",
+            "1",
+            "--n-test-defect",
+            "1",
+            "--defects",
+            "hole,scratch",
+        ]
+    )
     assert rc == 0
     assert "wrote 2 categories" in capsys.readouterr().out
     assert sorted(p.name for p in (tmp_path / "d" / "felt" / "test").iterdir()) == ["good", "hole", "scratch"]

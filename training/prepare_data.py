@@ -72,7 +72,9 @@ def _images(folder: Path, exclude: Callable[[Path], bool] | None = None) -> list
 
 
 def _subdirs(folder: Path) -> list[Path]:
-    return sorted((p for p in folder.iterdir() if p.is_dir() and not p.name.startswith(".")), key=_natural_key)
+    return sorted(
+        (p for p in folder.iterdir() if p.is_dir() and not p.name.startswith(".")), key=_natural_key
+    )
 
 
 def _require_dir(path: Path, expected: str) -> Path:
@@ -142,15 +144,18 @@ def _yes_no(root: Path, candidates: Sequence[Path], cls: str, specie: str) -> En
     folder = next((c for c in candidates if (c / "yes").is_dir() and (c / "no").is_dir()), None)
     if folder is None:
         tried = ", ".join(_rel(root, c) if c != root else "." for c in candidates)
-        raise DatasetLayoutError(f"{root}: no yes/ and no/ folders in [{tried}]; expected yes/ (anomalous) "
-                                 "and no/ (normal) image folders")
+        raise DatasetLayoutError(
+            f"{root}: no yes/ and no/ folders in [{tried}]; expected yes/ (anomalous) "
+            "and no/ (normal) image folders"
+        )
     entries = [_entry(root, p, cls, "good", False) for p in _images(folder / "no")]
     entries += [_entry(root, p, cls, specie, True) for p in _images(folder / "yes")]
     return entries
 
 
-def _image_mask_pairs(root: Path, img_dir: Path, mask_dir: Path, cls: str, specie: str,
-                      mask_suffixes: Sequence[str] = ("",)) -> Entries:
+def _image_mask_pairs(
+    root: Path, img_dir: Path, mask_dir: Path, cls: str, specie: str, mask_suffixes: Sequence[str] = ("",)
+) -> Entries:
     """All-anomalous datasets: every image in ``img_dir`` has a mask in ``mask_dir``."""
     masks = _mask_index(mask_dir, sorted(mask_suffixes, key=len, reverse=True))
     entries = []
@@ -166,8 +171,9 @@ def _image_mask_pairs(root: Path, img_dir: Path, mask_dir: Path, cls: str, speci
 # ----------------------------------------------------------------------------------------------------
 # MVTec-like layouts (MVTec AD, MPDD, DTD-Synthetic, BTAD, VisA converted to MVTec layout)
 # ----------------------------------------------------------------------------------------------------
-def _mvtec_like(root: Path, class_name: str | None, good: str = "good",
-                mask_suffixes: Sequence[str] = ("_mask",)) -> dict[str, Entries]:
+def _mvtec_like(
+    root: Path, class_name: str | None, good: str = "good", mask_suffixes: Sequence[str] = ("_mask",)
+) -> dict[str, Entries]:
     """``<root>/<class>/test/<specie>/*`` with masks in ``<root>/<class>/ground_truth/<specie>/``."""
     if (root / "test").is_dir():  # the root is one class folder
         class_dirs = [root]
@@ -176,33 +182,42 @@ def _mvtec_like(root: Path, class_name: str | None, good: str = "good",
     if not class_dirs:
         raise DatasetLayoutError(
             f"{root}: no class folder with a test/ subfolder; expected <root>/<class>/test/{good}/ and "
-            f"<root>/<class>/test/<defect>/ (+ <root>/<class>/ground_truth/<defect>/)")
+            f"<root>/<class>/test/<defect>/ (+ <root>/<class>/ground_truth/<defect>/)"
+        )
     if class_name and len(class_dirs) > 1:
-        raise DatasetLayoutError(f"{root}: --class-name only applies to a single-class dataset, found "
-                                 f"{len(class_dirs)} classes ({', '.join(d.name for d in class_dirs)})")
+        raise DatasetLayoutError(
+            f"{root}: --class-name only applies to a single-class dataset, found "
+            f"{len(class_dirs)} classes ({', '.join(d.name for d in class_dirs)})"
+        )
     suffixes = sorted(mask_suffixes, key=len, reverse=True)
     out: dict[str, Entries] = {}
     for cls_dir in class_dirs:
         cls = class_name or (cls_dir.name if cls_dir != root else root.resolve().name)
         species = _subdirs(cls_dir / "test")
         if not any(s.name == good for s in species):
-            raise DatasetLayoutError(f"{cls_dir / 'test'}: no {good}/ folder; expected test/{good}/ with the "
-                                     "normal test images and one folder per defect type")
+            raise DatasetLayoutError(
+                f"{cls_dir / 'test'}: no {good}/ folder; expected test/{good}/ with the "
+                "normal test images and one folder per defect type"
+            )
         entries: Entries = []
         for sp in species:
             anomalous = sp.name != good
             masks: dict[str, Path] = {}
             if anomalous:
-                gt = _require_dir(cls_dir / "ground_truth" / sp.name,
-                                  f"the masks of test/{sp.name}/ (ground_truth/{sp.name}/<stem>{mask_suffixes[0]}.png)")
+                gt = _require_dir(
+                    cls_dir / "ground_truth" / sp.name,
+                    f"the masks of test/{sp.name}/ (ground_truth/{sp.name}/<stem>{mask_suffixes[0]}.png)",
+                )
                 masks = _mask_index(gt, suffixes)
             for img in _images(sp):
                 mask = None
                 if anomalous:
                     mask = masks.get(img.stem)
                     if mask is None:
-                        raise DatasetLayoutError(f"{cls_dir / 'ground_truth' / sp.name}: no mask for "
-                                                 f"test/{sp.name}/{img.name}; expected {img.stem}{mask_suffixes[0]}.png")
+                        raise DatasetLayoutError(
+                            f"{cls_dir / 'ground_truth' / sp.name}: no mask for "
+                            f"test/{sp.name}/{img.name}; expected {img.stem}{mask_suffixes[0]}.png"
+                        )
                 entries.append(_entry(root, img, cls, sp.name, anomalous, mask))
         out[cls] = entries
     return out
@@ -227,9 +242,9 @@ def load_mvtec(root: Path, class_name: str | None = None) -> dict[str, Entries]:
 def load_btad(root: Path, class_name: str | None = None) -> dict[str, Entries]:
     """BTAD (BeanTech, also distributed as ``BTech_Dataset_transformed``)::
 
-        <root>/01|02|03/test/ok/*.bmp|png                     normal
-        <root>/01|02|03/test/ko/*.bmp|png                     anomalous
-        <root>/01|02|03/ground_truth/ko/<stem>.png|bmp        its mask (same stem; <stem>_mask accepted)
+    <root>/01|02|03/test/ok/*.bmp|png                     normal
+    <root>/01|02|03/test/ko/*.bmp|png                     anomalous
+    <root>/01|02|03/ground_truth/ko/<stem>.png|bmp        its mask (same stem; <stem>_mask accepted)
     """
     return _mvtec_like(root, class_name, "ok", ("", "_mask"))
 
@@ -250,8 +265,10 @@ def load_visa(root: Path, class_name: str | None = None) -> dict[str, Entries]:
     if csv_path is None:
         if any((d / "test").is_dir() for d in _subdirs(root)):
             return _mvtec_like(root, class_name, "good", ("_mask", ""))
-        raise DatasetLayoutError(f"{root}: split_csv/1cls.csv not found; expected VisA's split file "
-                                 "(columns object,split,label,image,mask) or an MVTec-like <object>/test/ layout")
+        raise DatasetLayoutError(
+            f"{root}: split_csv/1cls.csv not found; expected VisA's split file "
+            "(columns object,split,label,image,mask) or an MVTec-like <object>/test/ layout"
+        )
     with csv_path.open(newline="") as f:
         reader = csv.DictReader(f)
         cols = [c.strip().lower() for c in (reader.fieldnames or [])]
@@ -269,19 +286,23 @@ def load_visa(root: Path, class_name: str | None = None) -> dict[str, Entries]:
         anomalous = label == "anomaly"
         if anomalous and not r["mask"]:
             raise DatasetLayoutError(f"{csv_path}:{i}: anomalous image {r['image']} has an empty mask column")
-        out.setdefault(r["object"], []).append({
-            "img_path": Path(r["image"]).as_posix(),
-            "mask_path": Path(r["mask"]).as_posix() if anomalous else "",
-            "cls_name": r["object"],
-            "specie_name": "anomaly" if anomalous else "good",
-            "anomaly": int(anomalous),
-        })
+        out.setdefault(r["object"], []).append(
+            {
+                "img_path": Path(r["image"]).as_posix(),
+                "mask_path": Path(r["mask"]).as_posix() if anomalous else "",
+                "cls_name": r["object"],
+                "specie_name": "anomaly" if anomalous else "good",
+                "anomaly": int(anomalous),
+            }
+        )
     if not out:
         raise DatasetLayoutError(f"{csv_path}: no rows with split 'test'")
     if class_name:
         if len(out) > 1:
-            raise DatasetLayoutError(f"{root}: --class-name only applies to a single-class dataset, found "
-                                     f"{len(out)} objects in {csv_path.name}")
+            raise DatasetLayoutError(
+                f"{root}: --class-name only applies to a single-class dataset, found "
+                f"{len(out)} objects in {csv_path.name}"
+            )
         return _single_class(next(iter(out.values())), class_name, class_name)
     return out
 
@@ -318,13 +339,18 @@ def load_ksdd(root: Path, class_name: str | None = None) -> dict[str, Entries]:
                 raise DatasetLayoutError(f"{test}: no label for {img.name}; expected {img.stem}_GT.png")
             pairs.append((img, label))
     else:
-        raise DatasetLayoutError(f"{root}: no kos01..kos50 folders (KolektorSDD) and no test/ folder "
-                                 "(KolektorSDD2); expected <root>/kosNN/PartN.jpg + PartN_label.bmp")
+        raise DatasetLayoutError(
+            f"{root}: no kos01..kos50 folders (KolektorSDD) and no test/ folder "
+            "(KolektorSDD2); expected <root>/kosNN/PartN.jpg + PartN_label.bmp"
+        )
     entries = []
     for img, label in pairs:
         anomalous = not _mask_is_empty(label)
-        entries.append(_entry(root, img, "ksdd", "defect" if anomalous else "good", anomalous,
-                              label if anomalous else None))
+        entries.append(
+            _entry(
+                root, img, "ksdd", "defect" if anomalous else "good", anomalous, label if anomalous else None
+            )
+        )
     return _single_class(entries, "ksdd", class_name)
 
 
@@ -335,7 +361,9 @@ def _dagm_labels_txt(path: Path) -> dict[str, bool]:
         toks = line.split()
         if len(toks) < 3:
             continue  # the one-number header line, blank lines
-        image = next((t for t in toks if Path(t).suffix.lower() in IMAGE_EXTS and "_label" not in t.lower()), None)
+        image = next(
+            (t for t in toks if Path(t).suffix.lower() in IMAGE_EXTS and "_label" not in t.lower()), None
+        )
         if image is None or toks[1] not in ("0", "1"):
             continue
         flags[Path(image).stem] = toks[1] == "1"
@@ -354,11 +382,13 @@ def load_dagm(root: Path, class_name: str | None = None) -> dict[str, Entries]:
     """
     class_dirs = [d for d in _subdirs(root) if re.fullmatch(r"class\d+", d.name, re.IGNORECASE)]
     if not class_dirs:
-        raise DatasetLayoutError(f"{root}: no Class1..Class10 folders; expected <root>/ClassN/Test/ and "
-                                 "<root>/ClassN/Test/Label/")
+        raise DatasetLayoutError(
+            f"{root}: no Class1..Class10 folders; expected <root>/ClassN/Test/ and <root>/ClassN/Test/Label/"
+        )
     if class_name and len(class_dirs) > 1:
-        raise DatasetLayoutError(f"{root}: --class-name only applies to a single-class dataset, found "
-                                 f"{len(class_dirs)} classes")
+        raise DatasetLayoutError(
+            f"{root}: --class-name only applies to a single-class dataset, found {len(class_dirs)} classes"
+        )
     out: dict[str, Entries] = {}
     for cdir in class_dirs:
         test = _first_dir([cdir / "Test", cdir / "test"], "Test/ with the test images", cdir)
@@ -372,10 +402,15 @@ def load_dagm(root: Path, class_name: str | None = None) -> dict[str, Entries]:
             label = labels.get(img.stem)
             anomalous = flags.get(img.stem, label is not None)
             if anomalous and label is None:
-                raise DatasetLayoutError(f"{label_dir}: {txt.name if txt else 'Labels.txt'} marks {img.name} "
-                                         f"as defective but {img.stem}_label.PNG is missing")
-            entries.append(_entry(root, img, cls, "defect" if anomalous else "good", anomalous,
-                                  label if anomalous else None))
+                raise DatasetLayoutError(
+                    f"{label_dir}: {txt.name if txt else 'Labels.txt'} marks {img.name} "
+                    f"as defective but {img.stem}_label.PNG is missing"
+                )
+            entries.append(
+                _entry(
+                    root, img, cls, "defect" if anomalous else "good", anomalous, label if anomalous else None
+                )
+            )
         out[cls] = entries
     return out
 
@@ -394,13 +429,17 @@ def load_headct(root: Path, class_name: str | None = None) -> dict[str, Entries]
     """
     csv_path = next((p for p in (root / "labels.csv", root / "head_ct" / "labels.csv") if p.is_file()), None)
     if csv_path is None:
-        raise DatasetLayoutError(f"{root}: labels.csv not found; expected <root>/labels.csv (columns id, hemorrhage) "
-                                 "and the images in <root>/head_ct/")
+        raise DatasetLayoutError(
+            f"{root}: labels.csv not found; expected <root>/labels.csv (columns id, hemorrhage) "
+            "and the images in <root>/head_ct/"
+        )
     cands = [root / "head_ct" / "head_ct", root / "head_ct", root]
     img_dir = next((c for c in cands if c.is_dir() and _images(c)), None)
     if img_dir is None:
-        raise DatasetLayoutError(f"{root}: no images in head_ct/head_ct/, head_ct/ or the root; expected "
-                                 "<root>/head_ct/000.png ...")
+        raise DatasetLayoutError(
+            f"{root}: no images in head_ct/head_ct/, head_ct/ or the root; expected "
+            "<root>/head_ct/000.png ..."
+        )
     by_id: dict[int, Path] = {}
     for p in _images(img_dir):
         if p.stem.isdigit():
@@ -416,12 +455,16 @@ def load_headct(root: Path, class_name: str | None = None) -> dict[str, Entries]
         try:
             idx, flag = int(r["id"]), int(r["hemorrhage"])
         except ValueError as e:
-            raise DatasetLayoutError(f"{csv_path}:{i}: expected integer id and hemorrhage 0/1, got {r}") from e
+            raise DatasetLayoutError(
+                f"{csv_path}:{i}: expected integer id and hemorrhage 0/1, got {r}"
+            ) from e
         if flag not in (0, 1):
             raise DatasetLayoutError(f"{csv_path}:{i}: hemorrhage {flag}; expected 0 or 1")
         img = by_id.get(idx)
         if img is None:
-            raise DatasetLayoutError(f"{img_dir}: no image for id {idx} of {csv_path.name}; expected {idx:03d}.png")
+            raise DatasetLayoutError(
+                f"{img_dir}: no image for id {idx} of {csv_path.name}; expected {idx:03d}.png"
+            )
         entries.append(_entry(root, img, "headct", "hemorrhage" if flag else "good", bool(flag)))
     if not entries:
         raise DatasetLayoutError(f"{csv_path}: no rows")
@@ -432,24 +475,26 @@ def load_headct(root: Path, class_name: str | None = None) -> dict[str, Entries]
 def load_brainmri(root: Path, class_name: str | None = None) -> dict[str, Entries]:
     """Brain MRI images for brain tumor detection (Kaggle), class ``brainmri``, image labels only::
 
-        <root>/brain_tumor_dataset/yes/*.jpg   tumour (anomalous)
-        <root>/brain_tumor_dataset/no/*.jpg    normal
-        (or <root>/yes/ and <root>/no/)
+    <root>/brain_tumor_dataset/yes/*.jpg   tumour (anomalous)
+    <root>/brain_tumor_dataset/no/*.jpg    normal
+    (or <root>/yes/ and <root>/no/)
     """
-    return _single_class(_yes_no(root, [root / "brain_tumor_dataset", root], "brainmri", "tumor"),
-                         "brainmri", class_name)
+    return _single_class(
+        _yes_no(root, [root / "brain_tumor_dataset", root], "brainmri", "tumor"), "brainmri", class_name
+    )
 
 
 @register("br35h")
 def load_br35h(root: Path, class_name: str | None = None) -> dict[str, Entries]:
     """Br35H brain tumour detection 2020, class ``br35h``, image labels only::
 
-        <root>/yes/*.jpg   tumour (anomalous)
-        <root>/no/*.jpg    normal
-        (or <root>/Br35H/yes|no; the unlabelled pred/ folder is ignored)
+    <root>/yes/*.jpg   tumour (anomalous)
+    <root>/no/*.jpg    normal
+    (or <root>/Br35H/yes|no; the unlabelled pred/ folder is ignored)
     """
-    return _single_class(_yes_no(root, [root, root / "Br35H", root / "br35h"], "br35h", "tumor"),
-                         "br35h", class_name)
+    return _single_class(
+        _yes_no(root, [root, root / "Br35H", root / "br35h"], "br35h", "tumor"), "br35h", class_name
+    )
 
 
 @register("isic")
@@ -462,16 +507,24 @@ def load_isic(root: Path, class_name: str | None = None) -> dict[str, Entries]:
     The test pair is used when present, else the training pair (``..._Training_Data`` /
     ``..._Training_GroundTruth``), else ``images/`` + ``masks/``.
     """
-    pairs = [("ISBI2016_ISIC_Part1_Test_Data", "ISBI2016_ISIC_Part1_Test_GroundTruth"),
-             ("ISBI2016_ISIC_Part1_Training_Data", "ISBI2016_ISIC_Part1_Training_GroundTruth"),
-             ("images", "masks")]
+    pairs = [
+        ("ISBI2016_ISIC_Part1_Test_Data", "ISBI2016_ISIC_Part1_Test_GroundTruth"),
+        ("ISBI2016_ISIC_Part1_Training_Data", "ISBI2016_ISIC_Part1_Training_GroundTruth"),
+        ("images", "masks"),
+    ]
     for img_name, mask_name in pairs:
         if (root / img_name).is_dir():
-            mask_dir = _require_dir(root / mask_name, f"the lesion masks (<stem>_Segmentation.png) beside {img_name}/")
-            entries = _image_mask_pairs(root, root / img_name, mask_dir, "isic", "lesion", ("_Segmentation", ""))
+            mask_dir = _require_dir(
+                root / mask_name, f"the lesion masks (<stem>_Segmentation.png) beside {img_name}/"
+            )
+            entries = _image_mask_pairs(
+                root, root / img_name, mask_dir, "isic", "lesion", ("_Segmentation", "")
+            )
             return _single_class(entries, "isic", class_name)
-    raise DatasetLayoutError(f"{root}: none of {', '.join(p[0] + '/' for p in pairs)} found; expected "
-                             "ISBI2016_ISIC_Part1_Test_Data/ + ISBI2016_ISIC_Part1_Test_GroundTruth/")
+    raise DatasetLayoutError(
+        f"{root}: none of {', '.join(p[0] + '/' for p in pairs)} found; expected "
+        "ISBI2016_ISIC_Part1_Test_Data/ + ISBI2016_ISIC_Part1_Test_GroundTruth/"
+    )
 
 
 def _polyp_loader(name: str) -> Loader:
@@ -485,12 +538,16 @@ def _polyp_loader(name: str) -> Loader:
                 continue
             mask_dir = next((base / n for n in mask_names if (base / n).is_dir()), None)
             if mask_dir is None:
-                raise DatasetLayoutError(f"{base}: {img_dir.name}/ found but no mask folder; expected one of "
-                                         f"{', '.join(n + '/' for n in mask_names)}")
+                raise DatasetLayoutError(
+                    f"{base}: {img_dir.name}/ found but no mask folder; expected one of "
+                    f"{', '.join(n + '/' for n in mask_names)}"
+                )
             entries = _image_mask_pairs(root, img_dir, mask_dir, name, "polyp", ("", "_mask"))
             return _single_class(entries, name, class_name)
-        raise DatasetLayoutError(f"{root}: no images/ (or Original/) folder; expected <root>/images/ + <root>/masks/ "
-                                 "(same file stems)")
+        raise DatasetLayoutError(
+            f"{root}: no images/ (or Original/) folder; expected <root>/images/ + <root>/masks/ "
+            "(same file stems)"
+        )
 
     load.__name__ = f"load_{name}"
     load.__doc__ = f"""CVC-{name[:-2].capitalize()}DB polyp segmentation, class ``{name}``, all anomalous::
@@ -511,12 +568,13 @@ load_clinicdb = register("clinicdb")(_polyp_loader("clinicdb"))
 def load_tn3k(root: Path, class_name: str | None = None) -> dict[str, Entries]:
     """TN3K thyroid nodule ultrasound, class ``tn3k``, all anomalous::
 
-        <root>/test-image/0000.jpg + <root>/test-mask/0000.jpg   (matched by file stem)
+    <root>/test-image/0000.jpg + <root>/test-mask/0000.jpg   (matched by file stem)
     """
     img_dir = _require_dir(root / "test-image", "TN3K's test-image/ folder (with test-mask/ beside it)")
     mask_dir = _require_dir(root / "test-mask", "TN3K's test-mask/ folder beside test-image/")
-    return _single_class(_image_mask_pairs(root, img_dir, mask_dir, "tn3k", "nodule", ("", "_mask")),
-                         "tn3k", class_name)
+    return _single_class(
+        _image_mask_pairs(root, img_dir, mask_dir, "tn3k", "nodule", ("", "_mask")), "tn3k", class_name
+    )
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -566,8 +624,9 @@ def _validate(root: Path, test: dict[str, Entries]) -> None:
                 raise AssertionError(f"normal image with a mask: {e}")
 
 
-def prepare(dataset: str, root: str | Path, out: str | Path | None = None,
-            class_name: str | None = None) -> dict:
+def prepare(
+    dataset: str, root: str | Path, out: str | Path | None = None, class_name: str | None = None
+) -> dict:
     """Build the meta dict for ``dataset`` (a key of :data:`LOADERS`) under ``root`` and write it.
 
     Written to ``out`` (default ``<root>/meta.json``); returns ``{"train": {}, "test": {cls: [...]}}``.
@@ -590,9 +649,16 @@ def prepare(dataset: str, root: str | Path, out: str | Path | None = None,
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="prepare_data.py", description="Write meta.json for an anomaly-detection dataset.")
-    ap.add_argument("--dataset", required=True, choices=sorted(LOADERS), metavar="NAME",
-                    help="one of: " + ", ".join(sorted(LOADERS)))
+    ap = argparse.ArgumentParser(
+        prog="prepare_data.py", description="Write meta.json for an anomaly-detection dataset."
+    )
+    ap.add_argument(
+        "--dataset",
+        required=True,
+        choices=sorted(LOADERS),
+        metavar="NAME",
+        help="one of: " + ", ".join(sorted(LOADERS)),
+    )
     ap.add_argument("--root", required=True, help="dataset root folder")
     ap.add_argument("--out", default=None, help="output path (default: ROOT/meta.json)")
     ap.add_argument("--class-name", default=None, help="class name for a single-class dataset / own folder")

@@ -2,12 +2,21 @@
 
 Names are imported on first use, so `wmoe.metrics` or `wmoe.synthetic` load without torch.
 """
+
 from importlib import import_module
 
 _EXPORTS = {
-    "CheckpointError": "checkpoint", "load_model": "checkpoint", "push_to_hub": "checkpoint",
-    "save_pretrained": "checkpoint", "ConfigError": "config", "WMoEConfig": "config", "Detector": "detector",
-    "Prediction": "detector", "WeightsNotFoundError": "hub", "WMoECLIP": "model", "WMoEOutput": "model",
+    "CheckpointError": "checkpoint",
+    "load_model": "checkpoint",
+    "push_to_hub": "checkpoint",
+    "save_pretrained": "checkpoint",
+    "ConfigError": "config",
+    "WMoEConfig": "config",
+    "Detector": "detector",
+    "Prediction": "detector",
+    "WeightsNotFoundError": "hub",
+    "WMoECLIP": "model",
+    "WMoEOutput": "model",
     "ImageError": "preprocess",
 }
 __all__ = sorted(_EXPORTS)

@@ -3,6 +3,7 @@
 ours (method.md): softmax over (normal, abnormal) at the configured temperature, upsampled to the
 input size, averaged over layers, Gaussian smoothing. Values stay probabilities in [0, 1].
 """
+
 from __future__ import annotations
 
 import math
@@ -32,4 +33,6 @@ def gaussian_blur(maps: torch.Tensor, sigma: float) -> torch.Tensor:
     kernel = kernel / kernel.sum()
     k = kernel[None, None, None].expand(maps.shape[1], 1, 1, -1)
     out = F.conv2d(F.pad(maps, (radius, radius, 0, 0), mode="replicate"), k, groups=maps.shape[1])
-    return F.conv2d(F.pad(out, (0, 0, radius, radius), mode="replicate"), k.transpose(-1, -2), groups=maps.shape[1])
+    return F.conv2d(
+        F.pad(out, (0, 0, radius, radius), mode="replicate"), k.transpose(-1, -2), groups=maps.shape[1]
+    )

@@ -3,6 +3,7 @@
 paper: a frozen CLIP. ours: taps at the configured blocks, each passed through ln_post and the
 visual projection into the joint space (the AnomalyCLIP convention); text tower run on embeddings.
 """
+
 from __future__ import annotations
 
 import logging
@@ -29,8 +30,10 @@ def resolve_backbone_weights(config: WMoEConfig) -> tuple[str | None, bool]:
     local = config.backbone_weights or os.environ.get("WMOE_BACKBONE_WEIGHTS")
     if local:
         if not Path(local).is_file():
-            raise WeightsNotFoundError(f"backbone weights file {local} (from the config's backbone_weights "
-                                       "or WMOE_BACKBONE_WEIGHTS) does not exist")
+            raise WeightsNotFoundError(
+                f"backbone weights file {local} (from the config's backbone_weights "
+                "or WMOE_BACKBONE_WEIGHTS) does not exist"
+            )
         pcfg = open_clip.get_pretrained_cfg(config.backbone, config.pretrained or "") or {}
         return local, bool(pcfg.get("quick_gelu", False))
     if config.pretrained is None:
@@ -38,15 +41,21 @@ def resolve_backbone_weights(config: WMoEConfig) -> tuple[str | None, bool]:
     pcfg = open_clip.get_pretrained_cfg(config.backbone, config.pretrained)
     if not pcfg:
         tags = open_clip.list_pretrained_tags_by_model(config.backbone)
-        raise ConfigError(f"open_clip has no pretrained tag {config.pretrained!r} for {config.backbone}; known: {tags}")
+        raise ConfigError(
+            f"open_clip has no pretrained tag {config.pretrained!r} for {config.backbone}; known: {tags}"
+        )
     quick_gelu = bool(pcfg.get("quick_gelu", False))
     if "hf_hub" not in pcfg:
-        raise ConfigError(f"{config.backbone}/{config.pretrained} has no Hugging Face Hub entry in open_clip; "
-                          "download its weights and name the file in WMOE_BACKBONE_WEIGHTS")
+        raise ConfigError(
+            f"{config.backbone}/{config.pretrained} has no Hugging Face Hub entry in open_clip; "
+            "download its weights and name the file in WMOE_BACKBONE_WEIGHTS"
+        )
     repo_id, filename = os.path.split(pcfg["hf_hub"])  # "org/name/" means open_clip's default file names
     files = [filename] if filename else HUB_WEIGHT_FILES
-    fix = (f"Supply the {config.backbone} '{config.pretrained}' weights: run once with network access "
-           f"(`hf download {repo_id} {files[0]}`), or set WMOE_BACKBONE_WEIGHTS to a local open_clip weights file.")
+    fix = (
+        f"Supply the {config.backbone} '{config.pretrained}' weights: run once with network access "
+        f"(`hf download {repo_id} {files[0]}`), or set WMOE_BACKBONE_WEIGHTS to a local open_clip weights file."
+    )
     return cached_or_download(repo_id, files, how_to_fix=fix), quick_gelu
 
 
@@ -83,8 +92,10 @@ def read_weights(clip: nn.Module, path: str, name: str):
                     resize_text_pos_embed(entry, clip)
                     tensor, target = entry[key], own[key]
                     if tensor.numel() != target.numel():
-                        raise ConfigError(f"backbone weights {path}: {key} has shape {tuple(tensor.shape)}, "
-                                          f"{name} needs {tuple(target.shape)}; are they weights of {name}?")
+                        raise ConfigError(
+                            f"backbone weights {path}: {key} has shape {tuple(tensor.shape)}, "
+                            f"{name} needs {tuple(target.shape)}; are they weights of {name}?"
+                        )
                     target.copy_(tensor.reshape(target.shape))
                 return
     open_clip.load_checkpoint(clip, path)
@@ -103,8 +114,12 @@ class Backbone(nn.Module):
         level = quiet.level
         quiet.setLevel(logging.ERROR)  # open_clip warns "no pretrained weights" for random backbones
         try:  # random weights first; the file (if any) is read into them by read_weights
-            self.clip = open_clip.create_model(config.backbone, pretrained=None, force_image_size=config.image_size,
-                                               force_quick_gelu=quick_gelu)
+            self.clip = open_clip.create_model(
+                config.backbone,
+                pretrained=None,
+                force_image_size=config.image_size,
+                force_quick_gelu=quick_gelu,
+            )
         finally:
             quiet.setLevel(level)
         if weights:

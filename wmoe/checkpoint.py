@@ -3,6 +3,7 @@
 Only the learned heads are saved; the backbone is resolved by name through open_clip, except a
 random backbone (tiny test configs), whose weights are saved too. Never pickle.
 """
+
 from __future__ import annotations
 
 import json
@@ -44,7 +45,11 @@ def save_pretrained(model: WMoECLIP, directory: str | Path, info: dict | None = 
     if includes_backbone(config):
         state.update({f"backbone.{k}": v for k, v in model.backbone.state_dict().items()})
     state = {k: v.to("cpu", torch.float32).contiguous() for k, v in state.items()}
-    info = {"trained": False, **(info or {}), "saved": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+    info = {
+        "trained": False,
+        **(info or {}),
+        "saved": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }
     with _atomic(directory / WEIGHTS_NAME) as tmp:
         save_file(state, str(tmp), metadata={"format": "pt", "wmoe_format": "1"})
     with _atomic(directory / CONFIG_NAME) as tmp:
@@ -66,9 +71,24 @@ def _atomic(target: Path):
 
 
 def model_card(config: WMoEConfig, info: dict) -> str:
-    trained = "trained" if info.get("trained") else "UNTRAINED (random heads: for tests and demos of the plumbing only)"
-    modules = ", ".join(m for m, on in [("CTDS", config.use_ctds), ("WCMA", config.use_wcma), ("SA-MoE", config.use_moe),
-                                          ("patch projection", config.use_projection)] if on) or "none"
+    trained = (
+        "trained"
+        if info.get("trained")
+        else "UNTRAINED (random heads: for tests and demos of the plumbing only)"
+    )
+    modules = (
+        ", ".join(
+            m
+            for m, on in [
+                ("CTDS", config.use_ctds),
+                ("WCMA", config.use_wcma),
+                ("SA-MoE", config.use_moe),
+                ("patch projection", config.use_projection),
+            ]
+            if on
+        )
+        or "none"
+    )
     return f"""---
 library_name: wmoe
 tags: [anomaly-detection, zero-shot, clip, mixture-of-experts]
@@ -78,9 +98,9 @@ tags: [anomaly-detection, zero-shot, clip, mixture-of-experts]
 Zero-shot anomaly detection (WMoE-CLIP: wavelet-enhanced mixture-of-experts prompt learning).
 Status: {trained}.
 
-- Backbone: open_clip `{config.backbone}` ({config.pretrained or 'random weights, stored here'}), {config.image_size} px, layers {list(config.layers)}
+- Backbone: open_clip `{config.backbone}` ({config.pretrained or "random weights, stored here"}), {config.image_size} px, layers {list(config.layers)}
 - Modules: {modules}; {config.num_experts} experts
-- Training: {json.dumps({k: v for k, v in info.items() if k != 'saved'})}
+- Training: {json.dumps({k: v for k, v in info.items() if k != "saved"})}
 
 ```python
 from wmoe import Detector
@@ -102,18 +122,23 @@ def resolve_checkpoint(path_or_repo_id: str | os.PathLike, revision: str | None 
         raise CheckpointError(f"{repo_id}: no such folder, and not a Hub repo id of the form 'org/name'")
     patterns = [CONFIG_NAME, WEIGHTS_NAME, CARD_NAME]
     try:
-        return Path(snapshot_download(repo_id, revision=revision, allow_patterns=patterns, local_files_only=True))
+        return Path(
+            snapshot_download(repo_id, revision=revision, allow_patterns=patterns, local_files_only=True)
+        )
     except Exception:  # not cached (or not this revision): go online if we can
         pass
     reason = unavailable_reason()
     if reason:
-        raise WeightsNotFoundError(f"checkpoint {repo_id}{'@' + revision if revision else ''} is not in the local Hub cache "
-                                   f"and {reason}; download it once with network access or pass a local folder")
+        raise WeightsNotFoundError(
+            f"checkpoint {repo_id}{'@' + revision if revision else ''} is not in the local Hub cache "
+            f"and {reason}; download it once with network access or pass a local folder"
+        )
     return Path(snapshot_download(repo_id, revision=revision, allow_patterns=patterns))
 
 
-def load_model(path_or_repo_id: str | os.PathLike, revision: str | None = None,
-               backbone=None) -> tuple[WMoECLIP, dict]:
+def load_model(
+    path_or_repo_id: str | os.PathLike, revision: str | None = None, backbone=None
+) -> tuple[WMoECLIP, dict]:
     """Build the model described by a checkpoint and load its weights; returns (model, info)."""
     directory = resolve_checkpoint(path_or_repo_id, revision)
     config, info = WMoEConfig.load(directory / CONFIG_NAME)
@@ -137,10 +162,14 @@ def load_model(path_or_repo_id: str | os.PathLike, revision: str | None = None,
         problems.append(f"unexpected tensors {_few(unexpected)}")
     for name in sorted(set(expected) & set(state)):
         if tuple(state[name].shape) != tuple(expected[name]):
-            problems.append(f"{name} has shape {tuple(state[name].shape)}, the config needs {tuple(expected[name])}")
+            problems.append(
+                f"{name} has shape {tuple(state[name].shape)}, the config needs {tuple(expected[name])}"
+            )
     if problems:
-        raise CheckpointError(f"{weights} does not match {directory / CONFIG_NAME} "
-                              f"(backbone {config.backbone}): " + "; ".join(problems[:5]))
+        raise CheckpointError(
+            f"{weights} does not match {directory / CONFIG_NAME} "
+            f"(backbone {config.backbone}): " + "; ".join(problems[:5])
+        )
     model.load_state_dict({k: v for k, v in state.items() if k in expected}, strict=False)
     return model, info
 
@@ -155,11 +184,22 @@ def push_to_hub(directory: str | Path, repo_id: str, private: bool = False, toke
             raise CheckpointError(f"{directory / name}: missing; save the model with save_pretrained first")
     api = HfApi(token=token)
     api.create_repo(repo_id, private=private, exist_ok=True)
-    return str(api.upload_folder(folder_path=str(directory), repo_id=repo_id, commit_message="Upload WMoE-CLIP checkpoint"))
+    return str(
+        api.upload_folder(
+            folder_path=str(directory), repo_id=repo_id, commit_message="Upload WMoE-CLIP checkpoint"
+        )
+    )
 
 
 def _few(names: list[str]) -> str:
     return ", ".join(names[:4]) + (f" and {len(names) - 4} more" if len(names) > 4 else "")
 
 
-__all__ = ["CheckpointError", "ConfigError", "load_model", "push_to_hub", "resolve_checkpoint", "save_pretrained"]
+__all__ = [
+    "CheckpointError",
+    "ConfigError",
+    "load_model",
+    "push_to_hub",
+    "resolve_checkpoint",
+    "save_pretrained",
+]

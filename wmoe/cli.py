@@ -1,4 +1,5 @@
 """Command line: `python -m wmoe make-tiny DIR` and `python -m wmoe predict IMAGE... --checkpoint DIR`."""
+
 from __future__ import annotations
 
 import argparse
@@ -17,7 +18,9 @@ def make_tiny(args) -> int:
     from .model import WMoECLIP
 
     model = WMoECLIP(WMoEConfig.tiny(seed=args.seed))
-    save_pretrained(model, args.directory, {"trained": False, "note": "tiny random model from `wmoe make-tiny`"})
+    save_pretrained(
+        model, args.directory, {"trained": False, "note": "tiny random model from `wmoe make-tiny`"}
+    )
     print(f"wrote an untrained tiny checkpoint to {args.directory}")
     return 0
 
@@ -25,7 +28,9 @@ def make_tiny(args) -> int:
 def predict(args) -> int:
     from .detector import Detector
 
-    detector = Detector.from_pretrained(args.checkpoint, revision=args.revision, device=args.device, dtype=args.dtype)
+    detector = Detector.from_pretrained(
+        args.checkpoint, revision=args.revision, device=args.device, dtype=args.dtype
+    )
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     failed = 0
@@ -55,7 +60,9 @@ def main(argv: list[str] | None = None) -> int:
     tiny.set_defaults(run=make_tiny)
     pred = sub.add_parser("predict", help="write a heatmap overlay PNG and a JSON line per image")
     pred.add_argument("images", nargs="+")
-    pred.add_argument("--class", dest="class_name", default="object", help="what the object is (default: object)")
+    pred.add_argument(
+        "--class", dest="class_name", default="object", help="what the object is (default: object)"
+    )
     pred.add_argument("--checkpoint", required=True, help="checkpoint folder or Hub repo id")
     pred.add_argument("--revision", default=None)
     pred.add_argument("--out", default="out")

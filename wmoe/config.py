@@ -3,6 +3,7 @@
 paper: the three modules CTDS, WCMA and SA-MoE exist and can be switched; Haar wavelets.
 ours: the numbers (layers, prompt length, latent size, experts, temperature, smoothing).
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -53,23 +54,38 @@ class WMoEConfig:
             raise ConfigError(f"top_k must be in 0..num_experts ({self.num_experts}), got {self.top_k}")
         for name in ("normal_template", "abnormal_template"):
             if getattr(self, name).count("{}") != 1:
-                raise ConfigError(f"{name} must contain '{{}}' once (the class name), got {getattr(self, name)!r}")
+                raise ConfigError(
+                    f"{name} must contain '{{}}' once (the class name), got {getattr(self, name)!r}"
+                )
         if not 0.0 <= self.moe_score_weight <= 1.0:
             raise ConfigError("moe_score_weight must be in [0, 1]")
 
     @classmethod
     def tiny(cls, **overrides) -> WMoEConfig:
         """A tiny random backbone (wmoe/model_configs/wmoe-tiny.json) that builds offline in ~0.1 s."""
-        base = dict(backbone="wmoe-tiny", pretrained=None, image_size=104, layers=(1, 2, 3, 4),
-                    n_ctx=4, latent_dim=8, smoothing_sigma=1.0)
+        base = dict(
+            backbone="wmoe-tiny",
+            pretrained=None,
+            image_size=104,
+            layers=(1, 2, 3, 4),
+            n_ctx=4,
+            latent_dim=8,
+            smoothing_sigma=1.0,
+        )
         return cls(**{**base, **overrides})
 
     @classmethod
     def baseline(cls, **overrides) -> WMoEConfig:
         """Training-free CLIP: fixed natural-language prompts, every learned module off."""
-        base = dict(n_ctx=0, normal_template="a photo of a flawless {}.",
-                    abnormal_template="a photo of a damaged {}.", use_ctds=False, use_wcma=False,
-                    use_moe=False, use_projection=False)
+        base = dict(
+            n_ctx=0,
+            normal_template="a photo of a flawless {}.",
+            abnormal_template="a photo of a damaged {}.",
+            use_ctds=False,
+            use_wcma=False,
+            use_moe=False,
+            use_projection=False,
+        )
         return cls(**{**base, **overrides})
 
     def replace(self, **changes) -> WMoEConfig:
@@ -100,7 +116,12 @@ class WMoEConfig:
 
     def to_json(self, info: dict | None = None) -> str:
         """The text of config.json: the config and an `info` block (training metadata)."""
-        return json.dumps({"wmoe_format": FORMAT_VERSION, "config": self.to_dict(), "info": info or {}}, indent=2) + "\n"
+        return (
+            json.dumps(
+                {"wmoe_format": FORMAT_VERSION, "config": self.to_dict(), "info": info or {}}, indent=2
+            )
+            + "\n"
+        )
 
     @classmethod
     def load(cls, path: str | Path) -> tuple[WMoEConfig, dict]:
@@ -111,9 +132,11 @@ class WMoEConfig:
         except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
             raise ConfigError(f"{path}: not a readable JSON file ({e})") from e
         if not isinstance(payload, dict) or not isinstance(payload.get("config"), dict):
-            raise ConfigError(f"{path}: expected {{'wmoe_format', 'config', 'info'}}, got another JSON layout")
+            raise ConfigError(
+                f"{path}: expected {{'wmoe_format', 'config', 'info'}}, got another JSON layout"
+            )
         if payload.get("wmoe_format") != FORMAT_VERSION:
-            raise ConfigError(f"{path}: wmoe_format {payload.get('wmoe_format')!r}, this version reads {FORMAT_VERSION}")
+            raise ConfigError(
+                f"{path}: wmoe_format {payload.get('wmoe_format')!r}, this version reads {FORMAT_VERSION}"
+            )
         return cls.from_dict(payload["config"], source=str(path)), dict(payload.get("info") or {})
-
-

@@ -5,6 +5,7 @@ ours: MLP sizes; the decoded bias is added to every learnable context token (bot
 the decoder's last layer is zero-initialised so an untrained CTDS leaves the prompts unchanged;
 inference uses the mean, and K samples give a spread of prompts (the uncertainty map).
 """
+
 from __future__ import annotations
 
 import torch
@@ -15,8 +16,12 @@ class CTDS(nn.Module):
     def __init__(self, embed_dim: int, latent_dim: int, n_ctx: int, text_width: int, hidden: int = 256):
         super().__init__()
         self.n_ctx, self.text_width = n_ctx, text_width
-        self.encoder = nn.Sequential(nn.Linear(embed_dim, hidden), nn.GELU(), nn.Linear(hidden, 2 * latent_dim))
-        self.decoder = nn.Sequential(nn.Linear(latent_dim, hidden), nn.GELU(), nn.Linear(hidden, n_ctx * text_width))
+        self.encoder = nn.Sequential(
+            nn.Linear(embed_dim, hidden), nn.GELU(), nn.Linear(hidden, 2 * latent_dim)
+        )
+        self.decoder = nn.Sequential(
+            nn.Linear(latent_dim, hidden), nn.GELU(), nn.Linear(hidden, n_ctx * text_width)
+        )
         nn.init.zeros_(self.decoder[-1].weight)
         nn.init.zeros_(self.decoder[-1].bias)
 

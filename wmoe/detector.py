@@ -1,4 +1,5 @@
 """Detector: the one way to get predictions. Model built once; images in, `Prediction`s out."""
+
 from __future__ import annotations
 
 import os
@@ -17,8 +18,14 @@ from .model import WMoECLIP
 from .preprocess import load_image, to_tensor
 from .prompts import DEFAULT_CLASS
 
-DTYPES = {"fp32": torch.float32, "float32": torch.float32, "bf16": torch.bfloat16, "bfloat16": torch.bfloat16,
-          "fp16": torch.float16, "float16": torch.float16}
+DTYPES = {
+    "fp32": torch.float32,
+    "float32": torch.float32,
+    "bf16": torch.bfloat16,
+    "bfloat16": torch.bfloat16,
+    "fp16": torch.float16,
+    "float16": torch.float16,
+}
 
 
 @dataclass
@@ -41,11 +48,17 @@ class Prediction:
     def to_dict(self) -> dict:
         """A JSON-ready summary (no maps)."""
         arr = lambda a: None if a is None else [round(float(v), 6) for v in a]  # noqa: E731
-        return {"score": round(self.score, 6), "cls_score": round(self.cls_score, 6),
-                "moe_score": None if self.moe_score is None else round(self.moe_score, 6),
-                "class_name": self.class_name, "expert_weights": arr(self.expert_weights),
-                "expert_scores": arr(self.expert_scores), "image_size": list(self.anomaly_map.shape),
-                "timings": {k: round(v, 4) for k, v in self.timings.items()}, "notes": self.notes}
+        return {
+            "score": round(self.score, 6),
+            "cls_score": round(self.cls_score, 6),
+            "moe_score": None if self.moe_score is None else round(self.moe_score, 6),
+            "class_name": self.class_name,
+            "expert_weights": arr(self.expert_weights),
+            "expert_scores": arr(self.expert_scores),
+            "image_size": list(self.anomaly_map.shape),
+            "timings": {k: round(v, 4) for k, v in self.timings.items()},
+            "notes": self.notes,
+        }
 
 
 def default_device() -> torch.device:
@@ -55,8 +68,14 @@ def default_device() -> torch.device:
 class Detector:
     """Wraps a WMoECLIP model: preprocessing, autocast, resizing the maps back, numpy results."""
 
-    def __init__(self, model: WMoECLIP, device: str | torch.device | None = None, dtype: str | torch.dtype | None = None,
-                 info: dict | None = None, ctds_samples: int = 0):
+    def __init__(
+        self,
+        model: WMoECLIP,
+        device: str | torch.device | None = None,
+        dtype: str | torch.dtype | None = None,
+        info: dict | None = None,
+        ctds_samples: int = 0,
+    ):
         self.device = torch.device(device) if device else default_device()
         self.dtype = DTYPES[dtype] if isinstance(dtype, str) else (dtype or torch.float32)
         self.model = model.to(self.device).eval()
@@ -65,20 +84,37 @@ class Detector:
         self.ctds_samples = ctds_samples
 
     @classmethod
-    def from_pretrained(cls, path_or_repo_id: str | os.PathLike, revision: str | None = None,
-                        device: str | torch.device | None = None, dtype: str | torch.dtype | None = None,
-                        **kwargs) -> Detector:
+    def from_pretrained(
+        cls,
+        path_or_repo_id: str | os.PathLike,
+        revision: str | None = None,
+        device: str | torch.device | None = None,
+        dtype: str | torch.dtype | None = None,
+        **kwargs,
+    ) -> Detector:
         """Load a checkpoint folder or Hub repo id (revision pinnable; honours HF_HUB_OFFLINE, HF_HOME)."""
         model, info = load_model(path_or_repo_id, revision=revision)
         return cls(model, device=device, dtype=dtype, info=info, **kwargs)
 
     @classmethod
-    def training_free(cls, like: WMoEConfig | None = None, backbone: Backbone | None = None, **kwargs) -> Detector:
+    def training_free(
+        cls, like: WMoEConfig | None = None, backbone: Backbone | None = None, **kwargs
+    ) -> Detector:
         """Plain CLIP with fixed prompts (no checkpoint): the backbone fields of `like`, or a shared backbone."""
         like = like or WMoEConfig()
-        keep = ("backbone", "pretrained", "backbone_weights", "image_size", "layers", "temperature", "smoothing_sigma")
+        keep = (
+            "backbone",
+            "pretrained",
+            "backbone_weights",
+            "image_size",
+            "layers",
+            "temperature",
+            "smoothing_sigma",
+        )
         config = WMoEConfig.baseline(**{k: getattr(like, k) for k in keep})
-        return cls(WMoECLIP(config, backbone=backbone), info={"trained": False, "training_free": True}, **kwargs)
+        return cls(
+            WMoECLIP(config, backbone=backbone), info={"trained": False, "training_free": True}, **kwargs
+        )
 
     def save_pretrained(self, directory, info: dict | None = None):
         return save_pretrained(self.model, directory, {**self.info, **(info or {})})
@@ -87,6 +123,7 @@ class Detector:
         import tempfile
 
         from .checkpoint import push_to_hub
+
         with tempfile.TemporaryDirectory() as tmp:
             self.save_pretrained(tmp)
             return push_to_hub(tmp, repo_id, private=private, token=token)
@@ -100,8 +137,14 @@ class Detector:
         return self.predict_batch([image], [class_name], **kwargs)[0]
 
     @torch.inference_mode()
-    def predict_batch(self, images: Sequence, class_names: str | Sequence[str] = DEFAULT_CLASS, *,
-                      skip: frozenset[str] = frozenset(), ctds_samples: int | None = None) -> list[Prediction]:
+    def predict_batch(
+        self,
+        images: Sequence,
+        class_names: str | Sequence[str] = DEFAULT_CLASS,
+        *,
+        skip: frozenset[str] = frozenset(),
+        ctds_samples: int | None = None,
+    ) -> list[Prediction]:
         """Several images through one backbone batch; class_names is one name for all, or one per image."""
         names = [class_names] * len(images) if isinstance(class_names, str) else list(class_names)
         if len(names) != len(images):
@@ -110,7 +153,7 @@ class Detector:
         start = time.perf_counter()
         pils = [load_image(im) for im in images]
         notes = [[] for _ in pils]
-        names = [self._clean_name(n, note) for n, note in zip(names, notes)]
+        names = [self._clean_name(n, note) for n, note in zip(names, notes, strict=True)]
         cfg, bb = self.config, self.model.backbone
         x = torch.stack([to_tensor(im, cfg.image_size, bb.mean, bb.std) for im in pils]).to(self.device)
         timings["preprocess"] = time.perf_counter() - start
@@ -135,14 +178,23 @@ class Detector:
 
     def _prediction(self, out, i: int, size: tuple[int, int], name: str, notes: list[str]) -> Prediction:
         def resize(maps):  # (C, h, w) -> numpy (C, H, W) float32 at the image size
-            return F.interpolate(maps[None].float(), size=size, mode="bilinear", align_corners=False)[0].cpu().numpy()
+            return (
+                F.interpolate(maps[None].float(), size=size, mode="bilinear", align_corners=False)[0]
+                .cpu()
+                .numpy()
+            )
 
         def clip01(a):  # in place: at a photo's size each map set is hundreds of MB, copies add up
             return np.clip(a, 0.0, 1.0, out=a)
 
-        pred = Prediction(score=float(out.image_score[i]), anomaly_map=clip01(resize(out.anomaly_map[i][None])[0]),
-                          layer_maps=clip01(resize(out.layer_maps[i])), cls_score=float(out.cls_score[i]),
-                          class_name=name, notes=notes)
+        pred = Prediction(
+            score=float(out.image_score[i]),
+            anomaly_map=clip01(resize(out.anomaly_map[i][None])[0]),
+            layer_maps=clip01(resize(out.layer_maps[i])),
+            cls_score=float(out.cls_score[i]),
+            class_name=name,
+            notes=notes,
+        )
         if out.routing_weights is not None:
             pred.expert_weights = out.routing_weights[i].float().cpu().numpy()
             pred.expert_scores = out.expert_scores[i].float().cpu().numpy()

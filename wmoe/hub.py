@@ -1,4 +1,5 @@
 """Hugging Face Hub access that never hangs: cache first, a 3-second reachability probe, clear errors."""
+
 from __future__ import annotations
 
 import os
@@ -50,8 +51,9 @@ def unavailable_reason() -> str | None:
     return None
 
 
-def cached_or_download(repo_id: str, filenames: list[str], revision: str | None = None,
-                       how_to_fix: str = "") -> str:
+def cached_or_download(
+    repo_id: str, filenames: list[str], revision: str | None = None, how_to_fix: str = ""
+) -> str:
     """Path of the first of `filenames` found in the cache, else downloaded; fails fast offline."""
     for name in filenames:
         hit = try_to_load_from_cache(repo_id, name, revision=revision)

@@ -4,6 +4,7 @@ paper: frozen CLIP with CTDS, WCMA and SA-MoE. ours: the patch projection, the m
 score combination (see each module's docstring). Every module is a config switch, and can also be
 skipped per call (`skip=`) so one loaded model serves the ablations of the Compare view.
 """
+
 from __future__ import annotations
 
 import time
@@ -43,7 +44,9 @@ class WMoEOutput:
 
 
 class WMoECLIP(nn.Module):
-    def __init__(self, config: WMoEConfig, backbone: Backbone | None = None, load_backbone_weights: bool = True):
+    def __init__(
+        self, config: WMoEConfig, backbone: Backbone | None = None, load_backbone_weights: bool = True
+    ):
         super().__init__()
         if config.use_ctds and config.n_ctx == 0:
             raise ValueError("CTDS conditions the learnable context tokens: use_ctds needs n_ctx > 0")
@@ -51,9 +54,13 @@ class WMoECLIP(nn.Module):
         self.backbone = backbone or Backbone(config, load_weights=load_backbone_weights)
         D, L = self.backbone.embed_dim, len(config.layers)
         torch.manual_seed(config.seed)
-        self.prompts = PromptLearner(config.n_ctx, (config.normal_template, config.abnormal_template), self.backbone)
+        self.prompts = PromptLearner(
+            config.n_ctx, (config.normal_template, config.abnormal_template), self.backbone
+        )
         self.projection = PatchProjection(D, L) if config.use_projection else None
-        self.ctds = CTDS(D, config.latent_dim, config.n_ctx, self.backbone.text_width) if config.use_ctds else None
+        self.ctds = (
+            CTDS(D, config.latent_dim, config.n_ctx, self.backbone.text_width) if config.use_ctds else None
+        )
         self.wcma = WCMA(D, L, config.wavelet) if config.use_wcma else None
         latent = config.latent_dim if config.use_ctds else 0
         self.moe = SAMoE(D, L, config.num_experts, latent, config.top_k) if config.use_moe else None
@@ -62,8 +69,15 @@ class WMoECLIP(nn.Module):
         """The parameters WMoE-CLIP learns: everything outside the frozen backbone."""
         return {n: p for n, p in self.named_parameters() if not n.startswith("backbone.")}
 
-    def forward(self, images: torch.Tensor, class_names: list[str], *, skip: frozenset[str] | set[str] = frozenset(),
-                ctds_samples: int = 0, timings: dict[str, float] | None = None) -> WMoEOutput:
+    def forward(
+        self,
+        images: torch.Tensor,
+        class_names: list[str],
+        *,
+        skip: frozenset[str] | set[str] = frozenset(),
+        ctds_samples: int = 0,
+        timings: dict[str, float] | None = None,
+    ) -> WMoEOutput:
         """images (B, 3, S, S) normalised for CLIP; one class name per image.
 
         skip: modules to bypass in this call ("ctds", "wcma", "projection", "moe", "routing" =
@@ -100,7 +114,9 @@ class WMoECLIP(nn.Module):
 
         unit_taps = [F.normalize(t, dim=-1) for t in taps]
         h, w = self.backbone.grid
-        logits = torch.stack([abnormal_logits(t, lt, cfg.temperature) for t, lt in zip(unit_taps, layer_text)], 1)
+        logits = torch.stack(
+            [abnormal_logits(t, lt, cfg.temperature) for t, lt in zip(unit_taps, layer_text, strict=True)], 1
+        )
         logits = logits.unflatten(-1, (h, w))  # (B, L, K, h, w)
         probs = torch.sigmoid(logits)
         layer_maps = upsample(probs[:, :, 0], (H, W))
@@ -109,11 +125,20 @@ class WMoECLIP(nn.Module):
         if use_ctds and ctds_samples > 0:
             sampled = gaussian_blur(upsample(probs[:, :, 1:].mean(1), (H, W)), cfg.smoothing_sigma)
             uncertainty = sampled.std(dim=1)
-        cls_score = torch.sigmoid((text[:, 0, 1] - text[:, 0, 0]).float().mul(g.float()).sum(-1) / cfg.temperature)
+        cls_score = torch.sigmoid(
+            (text[:, 0, 1] - text[:, 0, 0]).float().mul(g.float()).sum(-1) / cfg.temperature
+        )
         clock.tick("maps")
 
-        out = WMoEOutput(anomaly_map=anomaly_map, layer_maps=layer_maps, image_score=cls_score, cls_score=cls_score,
-                         mu=mu, logvar=logvar, uncertainty_map=uncertainty)
+        out = WMoEOutput(
+            anomaly_map=anomaly_map,
+            layer_maps=layer_maps,
+            image_score=cls_score,
+            cls_score=cls_score,
+            mu=mu,
+            logvar=logvar,
+            uncertainty_map=uncertainty,
+        )
         if self.moe is not None and "moe" not in skip:
             feats = torch.stack(unit_taps, 0).mean(0)
             moe = self.moe(logits[:, :, 0], feats, g, z, uniform="routing" in skip)

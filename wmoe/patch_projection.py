@@ -3,6 +3,7 @@
 The paper does not say; APRIL-GAN, AdaCLIP and VCP-CLIP learn one. Zero-initialised, so an
 untrained projection is the identity and training starts from plain CLIP features.
 """
+
 from __future__ import annotations
 
 import torch
@@ -18,4 +19,4 @@ class PatchProjection(nn.Module):
             nn.init.zeros_(linear.bias)
 
     def forward(self, taps: list[torch.Tensor]) -> list[torch.Tensor]:
-        return [t + linear(t) for t, linear in zip(taps, self.linears)]
+        return [t + linear(t) for t, linear in zip(taps, self.linears, strict=True)]

@@ -3,6 +3,7 @@
 One path shared by inference and training, so the model always sees the same preprocessing:
 resize (squash, never crop, so the map aligns with the whole image) and CLIP normalisation.
 """
+
 from __future__ import annotations
 
 import io
@@ -37,7 +38,9 @@ def load_image(source) -> Image.Image:
             raise ImageError(f"{path}: the file is empty (0 bytes)")
         with open(path, "rb") as f:
             return _open(io.BytesIO(f.read()), str(path))
-    raise ImageError(f"unsupported input type {type(source).__name__}: give a path, bytes, PIL image or numpy array")
+    raise ImageError(
+        f"unsupported input type {type(source).__name__}: give a path, bytes, PIL image or numpy array"
+    )
 
 
 def _open(buffer: io.BytesIO, name: str) -> Image.Image:
@@ -57,7 +60,9 @@ def _open(buffer: io.BytesIO, name: str) -> Image.Image:
     except Image.DecompressionBombError as e:
         raise ImageError(f"{name}: image too large ({e}); the limit is {MAX_PIXELS:,} pixels") from e
     except UnidentifiedImageError as e:
-        raise ImageError(f"{name}: not an image file that can be read (PNG, JPEG, TIFF, BMP, GIF, WebP...)") from e
+        raise ImageError(
+            f"{name}: not an image file that can be read (PNG, JPEG, TIFF, BMP, GIF, WebP...)"
+        ) from e
     except (OSError, SyntaxError, ValueError) as e:
         raise ImageError(f"{name}: the image data is damaged or truncated ({e})") from e
 
@@ -67,7 +72,9 @@ def _check_size(size: tuple[int, int], name: str):
     if w < 1 or h < 1:
         raise ImageError(f"{name}: the image has no pixels ({w}x{h})")
     if w * h > MAX_PIXELS:
-        raise ImageError(f"{name}: {w}x{h} = {w * h:,} pixels is over the limit of {MAX_PIXELS:,}; downscale it first")
+        raise ImageError(
+            f"{name}: {w}x{h} = {w * h:,} pixels is over the limit of {MAX_PIXELS:,}; downscale it first"
+        )
 
 
 def _to_rgb(im: Image.Image, name: str) -> Image.Image:
@@ -105,7 +112,12 @@ def _from_array(a: np.ndarray) -> Image.Image:
         a = np.clip(a * 255.0 if hi <= 1.0 else a, 0, 255).round().astype(np.uint8)
     elif np.issubdtype(a.dtype, np.integer) and a.dtype != np.uint8:
         hi = float(a.max())
-        a = (a.astype(np.float64) * (255.0 / (65535.0 if hi > 255 else 255.0))).clip(0, 255).round().astype(np.uint8)
+        a = (
+            (a.astype(np.float64) * (255.0 / (65535.0 if hi > 255 else 255.0)))
+            .clip(0, 255)
+            .round()
+            .astype(np.uint8)
+        )
     elif a.dtype != np.uint8:
         raise ImageError(f"array dtype {a.dtype} is not an image type")
     if a.ndim == 3 and a.shape[2] == 1:
@@ -124,4 +136,3 @@ def mask_to_tensor(mask: Image.Image, size: int) -> torch.Tensor:
     """Ground-truth mask -> bool tensor (size, size); nearest resize, threshold at 127 (JPEG masks)."""
     resized = mask.convert("L").resize((size, size), Image.NEAREST)
     return torch.from_numpy(np.asarray(resized) > 127)
-

@@ -4,6 +4,7 @@ paper: learned prompts (fixed prompts are what the paper improves on).
 ours: `[V1..Vn] {normal_template}` and `[W1..Wn] {abnormal_template}` (AnomalyCLIP-style, one
 context per state), tokenised once per class name and cached; n_ctx = 0 gives fixed text prompts.
 """
+
 from __future__ import annotations
 
 from functools import lru_cache
@@ -30,7 +31,11 @@ class PromptLearner(nn.Module):
         placeholder = " ".join(["X"] * self.n_ctx)
         texts = [f"{placeholder} {t.format(class_name)}".strip() for t in self.templates]
         ids = backbone.tokenizer(texts)
-        lengths = [len(backbone.tokenizer.encode(t)) + 2 for t in texts] if hasattr(backbone.tokenizer, "encode") else [0]
+        lengths = (
+            [len(backbone.tokenizer.encode(t)) + 2 for t in texts]
+            if hasattr(backbone.tokenizer, "encode")
+            else [0]
+        )
         return ids, ids.argmax(dim=-1), max(lengths) > backbone.context_length
 
     def truncated(self, class_name: str) -> bool:
@@ -49,7 +54,9 @@ class PromptLearner(nn.Module):
         B, K = len(class_names), 1 if ctx_bias is None else ctx_bias.shape[1]
         x = x[:, None].expand(B, K, 2, T, x.shape[-1])
         if self.n_ctx:
-            ctx = self.ctx[None, None] + backbone.clip.positional_embedding[1 : 1 + self.n_ctx]  # (1, 1, 2, n, W)
+            ctx = (
+                self.ctx[None, None] + backbone.clip.positional_embedding[1 : 1 + self.n_ctx]
+            )  # (1, 1, 2, n, W)
             if ctx_bias is not None:
                 ctx = ctx + ctx_bias[:, :, None]
             ctx = ctx.expand(B, K, 2, self.n_ctx, x.shape[-1])

@@ -4,6 +4,7 @@ the SA-MoE routing chart.
 Maps are probabilities: by default the colour scale is fixed to 0..1 (a normal image stays cool);
 `stretch=True` maps each image's own min..max instead, and callers must label it as such.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -34,8 +35,14 @@ def outline(mask: np.ndarray, width: int) -> np.ndarray:
     return mask & ~inner
 
 
-def overlay(image: Image.Image, amap: np.ndarray, opacity: float = 0.5, cmap: str = "jet", stretch: bool = False,
-            threshold: float | None = None) -> Image.Image:
+def overlay(
+    image: Image.Image,
+    amap: np.ndarray,
+    opacity: float = 0.5,
+    cmap: str = "jet",
+    stretch: bool = False,
+    threshold: float | None = None,
+) -> Image.Image:
     """Blend the coloured map over the image (same size) and outline where amap >= threshold."""
     if amap.shape != (image.height, image.width):
         raise ValueError(f"map {amap.shape} and image {image.height}x{image.width} differ in size")
@@ -53,24 +60,30 @@ def map_to_png16(amap: np.ndarray) -> Image.Image:
     return Image.fromarray((np.clip(amap, 0, 1) * 65535 + 0.5).astype(np.uint16))
 
 
-def routing_chart(weights: np.ndarray, scores: np.ndarray, title: str = "SA-MoE routing",
-                  width: int = 520) -> Image.Image:
+def routing_chart(
+    weights: np.ndarray, scores: np.ndarray, title: str = "SA-MoE routing", width: int = 520
+) -> Image.Image:
     """Bar chart of the per-expert routing weights on a fixed 0..1 axis, each expert's own score marked
     and written beside its name; the dashed line is uniform routing (1 / number of experts)."""
     weights, scores = np.asarray(weights, dtype=float), np.asarray(scores, dtype=float)
     if weights.ndim != 1 or weights.shape != scores.shape or weights.size == 0:
-        raise ValueError(f"need one weight and one score per expert, got shapes {weights.shape} and "
-                         f"{scores.shape}")
+        raise ValueError(
+            f"need one weight and one score per expert, got shapes {weights.shape} and {scores.shape}"
+        )
     fig = Figure(figsize=(width / 100, 1.0 + 0.5 * weights.size), dpi=100)
     canvas = FigureCanvasAgg(fig)  # no pyplot: safe in server threads
     ax = fig.add_subplot()
     y = np.arange(weights.size)
     ax.barh(y, weights, color="#4c78a8", label="routing weight")
-    ax.scatter(scores, y, marker="D", color="#e45756", zorder=3, label="expert's own score",
-               clip_on=False)
+    ax.scatter(scores, y, marker="D", color="#e45756", zorder=3, label="expert's own score", clip_on=False)
     ax.axvline(1 / weights.size, color="0.4", linestyle="--", linewidth=1, label="uniform routing")
-    ax.set_yticks(y, [f"expert {i + 1}\nweight {w:.2f} | score {s:.2f}"
-                      for i, (w, s) in enumerate(zip(weights, scores, strict=True))])
+    ax.set_yticks(
+        y,
+        [
+            f"expert {i + 1}\nweight {w:.2f} | score {s:.2f}"
+            for i, (w, s) in enumerate(zip(weights, scores, strict=True))
+        ],
+    )
     ax.invert_yaxis()
     ax.set_xlim(0, 1)
     ax.set_title(title)

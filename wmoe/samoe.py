@@ -7,6 +7,7 @@ patch features; it gives an anomaly logit and a spatial attention map. The route
 on the global semantics (the CLIP embedding g and the CTDS latent) and gives softmax weights,
 optionally kept to the top k. A load-balancing term keeps the experts from collapsing.
 """
+
 from __future__ import annotations
 
 import math
@@ -49,8 +50,14 @@ class SAMoE(nn.Module):
             weights = weights / weights.sum(-1, keepdim=True)
         return weights
 
-    def forward(self, layer_logits: torch.Tensor, feats: torch.Tensor, g: torch.Tensor,
-                z: torch.Tensor | None, uniform: bool = False) -> dict[str, torch.Tensor]:
+    def forward(
+        self,
+        layer_logits: torch.Tensor,
+        feats: torch.Tensor,
+        g: torch.Tensor,
+        z: torch.Tensor | None,
+        uniform: bool = False,
+    ) -> dict[str, torch.Tensor]:
         """layer_logits (B, L, h, w) anomaly logits per layer; feats (B, N, D) unit patch features."""
         B, _, h, w = layer_logits.shape
         ctx = torch.cat([conv(layer_logits) for conv in self.context], dim=1).flatten(2).float()  # (B, E, N)
@@ -59,8 +66,13 @@ class SAMoE(nn.Module):
         logits = self.scale * (attn * ctx).sum(-1) + self.bias  # (B, E)
         scores = torch.sigmoid(logits)
         weights = torch.full_like(scores, 1.0 / scores.shape[1]) if uniform else self.route(g, z)
-        return {"score": (weights * scores).sum(-1), "weights": weights, "expert_scores": scores,
-                "expert_logits": logits, "expert_maps": attn.unflatten(-1, (h, w))}
+        return {
+            "score": (weights * scores).sum(-1),
+            "weights": weights,
+            "expert_scores": scores,
+            "expert_logits": logits,
+            "expert_maps": attn.unflatten(-1, (h, w)),
+        }
 
     @staticmethod
     def balance_loss(weights: torch.Tensor) -> torch.Tensor:

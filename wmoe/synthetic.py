@@ -90,7 +90,9 @@ def _luma(img: np.ndarray) -> np.ndarray:
     return 0.299 * img[..., 0] + 0.587 * img[..., 1] + 0.114 * img[..., 2]
 
 
-def _smooth_noise(rng: np.random.Generator, shape: tuple[int, int], sigma: float | tuple[float, float]) -> np.ndarray:
+def _smooth_noise(
+    rng: np.random.Generator, shape: tuple[int, int], sigma: float | tuple[float, float]
+) -> np.ndarray:
     """Gaussian-filtered white noise, zero mean and unit std (wraps at the borders)."""
     n = ndimage.gaussian_filter(rng.standard_normal(shape), sigma, mode="wrap")
     n -= n.mean()
@@ -98,7 +100,9 @@ def _smooth_noise(rng: np.random.Generator, shape: tuple[int, int], sigma: float
     return n / std if std > 0 else n
 
 
-def _grid(size: int, rng: np.random.Generator | None = None, jitter: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
+def _grid(
+    size: int, rng: np.random.Generator | None = None, jitter: float = 0.0
+) -> tuple[np.ndarray, np.ndarray]:
     yy, xx = np.mgrid[0:size, 0:size].astype(np.float64)
     if rng is not None and jitter > 0:
         yy += rng.uniform(-jitter, jitter)
@@ -154,8 +158,14 @@ def _kind(name: str):
 
 def _noise_params(rng):
     c0, c1 = _palette(rng)
-    return {"c0": c0, "c1": c1, "sigma": rng.uniform(1.2, 4.0), "contrast": rng.uniform(1.2, 3.0),
-            "fine": rng.uniform(0.1, 0.35), "grain": rng.uniform(2.0, 6.0)}
+    return {
+        "c0": c0,
+        "c1": c1,
+        "sigma": rng.uniform(1.2, 4.0),
+        "contrast": rng.uniform(1.2, 3.0),
+        "fine": rng.uniform(0.1, 0.35),
+        "grain": rng.uniform(2.0, 6.0),
+    }
 
 
 def _noise_render(p, rng, size):
@@ -171,8 +181,15 @@ _kind("noise")((_noise_params, _noise_render))
 
 def _stripes_params(rng):
     c0, c1 = _palette(rng)
-    return {"c0": c0, "c1": c1, "theta": rng.uniform(0, math.pi), "period": rng.uniform(6.0, 16.0),
-            "sharp": rng.uniform(1.0, 6.0), "grain": rng.uniform(2.0, 5.0), "warp": rng.uniform(0.0, 1.5)}
+    return {
+        "c0": c0,
+        "c1": c1,
+        "theta": rng.uniform(0, math.pi),
+        "period": rng.uniform(6.0, 16.0),
+        "sharp": rng.uniform(1.0, 6.0),
+        "grain": rng.uniform(2.0, 5.0),
+        "warp": rng.uniform(0.0, 1.5),
+    }
 
 
 def _stripes_render(p, rng, size):
@@ -180,7 +197,9 @@ def _stripes_render(p, rng, size):
     yy, xx = _grid(size)
     u, _ = _rotate(yy, xx, p["theta"] + rng.normal(0, 0.02))
     u = u + p["warp"] * s * _smooth_noise(rng, (size, size), 6 * s)
-    t = 0.5 + 0.5 * np.tanh(p["sharp"] * np.sin(2 * math.pi * u / (p["period"] * s) + rng.uniform(0, 2 * math.pi)))
+    t = 0.5 + 0.5 * np.tanh(
+        p["sharp"] * np.sin(2 * math.pi * u / (p["period"] * s) + rng.uniform(0, 2 * math.pi))
+    )
     t = t + 0.08 * _smooth_noise(rng, (size, size), 1.0 * s)
     return _finish(_mix(p["c0"], p["c1"], t), rng, p["grain"]), None
 
@@ -190,8 +209,14 @@ _kind("stripes")((_stripes_params, _stripes_render))
 
 def _grid_params(rng):
     c0, c1 = _palette(rng)
-    return {"c0": c0, "c1": c1, "theta": float(rng.choice([0.0, math.pi / 4, rng.uniform(0, math.pi / 2)])),
-            "period": rng.uniform(10.0, 20.0), "width": rng.uniform(1.5, 3.5), "grain": rng.uniform(2.0, 5.0)}
+    return {
+        "c0": c0,
+        "c1": c1,
+        "theta": float(rng.choice([0.0, math.pi / 4, rng.uniform(0, math.pi / 2)])),
+        "period": rng.uniform(10.0, 20.0),
+        "width": rng.uniform(1.5, 3.5),
+        "grain": rng.uniform(2.0, 5.0),
+    }
 
 
 def _grid_render(p, rng, size):
@@ -217,8 +242,14 @@ _kind("grid")((_grid_params, _grid_render))
 
 def _weave_params(rng):
     c0, c1 = _palette(rng)
-    return {"c0": c0, "c1": c1, "theta": rng.uniform(0, math.pi / 2), "period": rng.uniform(8.0, 16.0),
-            "gap": rng.uniform(0.05, 0.2), "grain": rng.uniform(2.0, 5.0)}
+    return {
+        "c0": c0,
+        "c1": c1,
+        "theta": rng.uniform(0, math.pi / 2),
+        "period": rng.uniform(8.0, 16.0),
+        "gap": rng.uniform(0.05, 0.2),
+        "grain": rng.uniform(2.0, 5.0),
+    }
 
 
 def _weave_render(p, rng, size):
@@ -246,8 +277,16 @@ _kind("weave")((_weave_params, _weave_render))
 def _rings_params(rng):
     c0, c1 = _palette(rng)
     ang = rng.uniform(0, 2 * math.pi)
-    return {"c0": c0, "c1": c1, "ang": ang, "dist": rng.uniform(0.7, 2.5), "period": rng.uniform(5.0, 12.0),
-            "warp": rng.uniform(0.6, 2.0), "gamma": rng.uniform(0.5, 2.5), "grain": rng.uniform(2.0, 4.0)}
+    return {
+        "c0": c0,
+        "c1": c1,
+        "ang": ang,
+        "dist": rng.uniform(0.7, 2.5),
+        "period": rng.uniform(5.0, 12.0),
+        "warp": rng.uniform(0.6, 2.0),
+        "gamma": rng.uniform(0.5, 2.5),
+        "grain": rng.uniform(2.0, 4.0),
+    }
 
 
 def _rings_render(p, rng, size):
@@ -259,7 +298,9 @@ def _rings_render(p, rng, size):
     r = np.hypot(yy - cy, xx - cx) + p["warp"] * s * _smooth_noise(rng, (size, size), 14 * s)
     t = ((r / (p["period"] * s)) % 1.0) ** p["gamma"]
     # fine fibre streaks along the rings' tangent, roughly: anisotropic noise
-    streak = _smooth_noise(rng, (size, size), (0.6 * s, 5 * s) if abs(math.cos(ang)) > 0.7 else (5 * s, 0.6 * s))
+    streak = _smooth_noise(
+        rng, (size, size), (0.6 * s, 5 * s) if abs(math.cos(ang)) > 0.7 else (5 * s, 0.6 * s)
+    )
     t = 0.8 * t + 0.1 * streak
     return _finish(_mix(p["c0"], p["c1"], t), rng, p["grain"]), None
 
@@ -269,8 +310,15 @@ _kind("rings")((_rings_params, _rings_render))
 
 def _dots_params(rng):
     c0, c1 = _palette(rng)
-    return {"c0": c0, "c1": c1, "period": rng.uniform(11.0, 22.0), "radius": rng.uniform(0.18, 0.38),
-            "hex": bool(rng.uniform() < 0.5), "theta": rng.uniform(0, math.pi / 3), "grain": rng.uniform(2.0, 5.0)}
+    return {
+        "c0": c0,
+        "c1": c1,
+        "period": rng.uniform(11.0, 22.0),
+        "radius": rng.uniform(0.18, 0.38),
+        "hex": bool(rng.uniform() < 0.5),
+        "theta": rng.uniform(0, math.pi / 3),
+        "grain": rng.uniform(2.0, 5.0),
+    }
 
 
 def _dots_render(p, rng, size):
@@ -303,9 +351,16 @@ def _object_palette(rng):
 
 def _disc_params(rng):
     body, accent, bg = _object_palette(rng)
-    return {"body": body, "accent": accent, "bg": bg, "radius": rng.uniform(0.26, 0.38),
-            "sides": int(rng.choice([0, 6, 8])), "hole": float(rng.choice([0.0, rng.uniform(0.3, 0.5)])),
-            "rings": rng.uniform(0.0, 1.0), "grain": rng.uniform(2.0, 4.0)}
+    return {
+        "body": body,
+        "accent": accent,
+        "bg": bg,
+        "radius": rng.uniform(0.26, 0.38),
+        "sides": int(rng.choice([0, 6, 8])),
+        "hole": float(rng.choice([0.0, rng.uniform(0.3, 0.5)])),
+        "rings": rng.uniform(0.0, 1.0),
+        "grain": rng.uniform(2.0, 4.0),
+    }
 
 
 def _polygon_radius(theta: np.ndarray, sides: int, rot: float) -> np.ndarray:
@@ -351,9 +406,18 @@ _kind("disc")((_disc_params, _disc_render))
 
 def _part_params(rng):
     body, accent, bg = _object_palette(rng)
-    return {"body": body, "accent": accent, "bg": bg, "half_w": rng.uniform(0.25, 0.4), "aspect": rng.uniform(0.45, 1.0),
-            "corner": rng.uniform(0.05, 0.5), "holes": int(rng.choice([0, 2, 4])), "hole_r": rng.uniform(0.03, 0.06),
-            "brushed": rng.uniform(0.0, 1.0), "grain": rng.uniform(2.0, 4.0)}
+    return {
+        "body": body,
+        "accent": accent,
+        "bg": bg,
+        "half_w": rng.uniform(0.25, 0.4),
+        "aspect": rng.uniform(0.45, 1.0),
+        "corner": rng.uniform(0.05, 0.5),
+        "holes": int(rng.choice([0, 2, 4])),
+        "hole_r": rng.uniform(0.03, 0.06),
+        "brushed": rng.uniform(0.0, 1.0),
+        "grain": rng.uniform(2.0, 4.0),
+    }
 
 
 def _part_render(p, rng, size):
@@ -408,7 +472,9 @@ class Category:
     def is_object(self) -> bool:
         return self.kind in OBJECT_KINDS
 
-    def render(self, rng: np.random.Generator | int | None, size: int = 128) -> tuple[np.ndarray, np.ndarray | None]:
+    def render(
+        self, rng: np.random.Generator | int | None, size: int = 128
+    ) -> tuple[np.ndarray, np.ndarray | None]:
         """One normal image ``(H, W, 3) uint8`` and, for objects, the boolean object region (else None)."""
         return _RENDER[self.kind](self.params, _as_rng(rng), int(size))
 
@@ -464,8 +530,10 @@ def _resolve_categories(categories: int | Sequence[str | Category], seed: int) -
         name, _, kind = str(c).partition(":")  # "name" from the catalogue, a bare kind, or "name:kind"
         kind = kind or known.get(name) or (name if name in KINDS else "")
         if not kind:
-            raise ValueError(f"unknown category {name!r}: use a catalogue name "
-                             f"({', '.join(known)}), a kind ({', '.join(KINDS)}) or 'name:kind'")
+            raise ValueError(
+                f"unknown category {name!r}: use a catalogue name "
+                f"({', '.join(known)}), a kind ({', '.join(KINDS)}) or 'name:kind'"
+            )
         out.append(make_category(name, kind, _category_seed(seed, name)))
     names = [c.name for c in out]
     if len(set(names)) != len(names):
@@ -482,7 +550,9 @@ def _size_of(kind: str, rng: np.random.Generator, scale: float | None, extent: i
     return extent * math.exp(math.log(lo) + x * (math.log(hi) - math.log(lo)))
 
 
-def _pick_point(rng: np.random.Generator, shape: tuple[int, int], region: np.ndarray | None, margin: float) -> tuple[float, float]:
+def _pick_point(
+    rng: np.random.Generator, shape: tuple[int, int], region: np.ndarray | None, margin: float
+) -> tuple[float, float]:
     H, W = shape
     if region is not None and region.any():
         idx = rng.choice(np.flatnonzero(region))
@@ -511,7 +581,9 @@ def _local_luma(img: np.ndarray, alpha: np.ndarray) -> float:
     return float((_luma(img) * alpha).sum() / wsum)
 
 
-def _line_colour(img: np.ndarray, alpha: np.ndarray, rng: np.random.Generator, dark_bias: float) -> np.ndarray:
+def _line_colour(
+    img: np.ndarray, alpha: np.ndarray, rng: np.random.Generator, dark_bias: float
+) -> np.ndarray:
     """Per-pixel colour of a thin defect that contrasts with what lies under it."""
     luma = _local_luma(img, alpha)
     if luma > 110 and rng.uniform() < dark_bias or luma > 190:
@@ -634,7 +706,7 @@ def _cut_paste(img, rng, region, source, scale):
         sy, sx = int(rng.integers(0, H - ph + 1)), int(rng.integers(0, W - pw + 1))
         if source is not None or abs(sy - ty) >= ph or abs(sx - tx) >= pw:
             break
-    patch = src[sy:sy + ph, sx:sx + pw].astype(np.float64)
+    patch = src[sy : sy + ph, sx : sx + pw].astype(np.float64)
     if rng.uniform() < 0.5:
         patch = patch[:, ::-1]
     if ph == pw:
@@ -654,9 +726,9 @@ def _cut_paste(img, rng, region, source, scale):
         d = _blob_polar((ph, pw), (cyy, cxx), min(ph, pw) / 2, rng, wobble=0.3)
         shape = np.clip((1 - d) * min(ph, pw) / 2 + 0.5, 0.0, 1.0)
     alpha = np.zeros((H, W))
-    alpha[ty:ty + ph, tx:tx + pw] = shape
+    alpha[ty : ty + ph, tx : tx + pw] = shape
     colour = img.astype(np.float64).copy()
-    colour[ty:ty + ph, tx:tx + pw] = patch
+    colour[ty : ty + ph, tx : tx + pw] = patch
     return alpha, colour
 
 
@@ -802,8 +874,9 @@ def generate(
 def main(argv: Sequence[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m wmoe.synthetic", description=__doc__.splitlines()[0])
     ap.add_argument("root", help="output folder (MVTec AD layout)")
-    ap.add_argument("--categories", default="6",
-                    help="a count, or comma-separated names / kinds / name:kind (default 6)")
+    ap.add_argument(
+        "--categories", default="6", help="a count, or comma-separated names / kinds / name:kind (default 6)"
+    )
     ap.add_argument("--size", type=int, default=128)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--n-train-good", type=int, default=20)
@@ -814,8 +887,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     cats: int | list[str] = int(args.categories) if args.categories.isdigit() else args.categories.split(",")
     defects = args.defects.split(",") if args.defects else None
     try:
-        names = generate(args.root, cats, args.n_train_good, args.n_test_good, args.n_test_defect, args.size,
-                         args.seed, defects)
+        names = generate(
+            args.root,
+            cats,
+            args.n_train_good,
+            args.n_test_good,
+            args.n_test_defect,
+            args.size,
+            args.seed,
+            defects,
+        )
     except ValueError as e:
         ap.exit(2, f"error: {e}\n")
     print(f"wrote {len(names)} categories to {args.root}: {', '.join(names)}")

@@ -6,6 +6,7 @@ embeddings are refined by cross-modal interaction with F_p.
 ours: per tapped layer, the two text embeddings attend to F_p (multi-head cross-attention,
 pre-norm), added back through a zero-initialised tanh gate so training starts from plain CLIP.
 """
+
 from __future__ import annotations
 
 import warnings
@@ -27,7 +28,9 @@ class WCMA(nn.Module):
         self.w_h = nn.Parameter(torch.ones(num_layers, dim))
         self.norm_text = nn.ModuleList(nn.LayerNorm(dim) for _ in range(num_layers))
         self.norm_freq = nn.ModuleList(nn.LayerNorm(dim) for _ in range(num_layers))
-        self.attn = nn.ModuleList(nn.MultiheadAttention(dim, heads, batch_first=True) for _ in range(num_layers))
+        self.attn = nn.ModuleList(
+            nn.MultiheadAttention(dim, heads, batch_first=True) for _ in range(num_layers)
+        )
         self.gate = nn.Parameter(torch.zeros(num_layers))
 
     def frequency_features(self, tokens: torch.Tensor, grid: tuple[int, int], layer: int) -> torch.Tensor:
@@ -39,7 +42,9 @@ class WCMA(nn.Module):
         f_p = high.sum(dim=2) * self.w_h[layer][:, None, None] + low
         return f_p.flatten(2).transpose(1, 2).to(tokens.dtype)
 
-    def forward(self, text: torch.Tensor, taps: list[torch.Tensor], grid: tuple[int, int]) -> list[torch.Tensor]:
+    def forward(
+        self, text: torch.Tensor, taps: list[torch.Tensor], grid: tuple[int, int]
+    ) -> list[torch.Tensor]:
         """Text (B, K, 2, D) and L tapped layers -> L refined text tensors (B, K, 2, D)."""
         B, K = text.shape[:2]
         q_all = text.flatten(1, 2)  # (B, 2K, D)
