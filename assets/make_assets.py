@@ -4,7 +4,7 @@
 
 Every picture comes from scikit-image's bundled CC0 data (``skimage.data``): real textures (brick,
 grass, gravel) and a fundus photograph (retina) with a synthetic defect drawn by
-``wmoe.synthetic.draw_defect`` and its exact mask; plus untouched good images and, when scikit-image
+``training.synthetic.draw_defect`` and its exact mask; plus untouched good images and, when scikit-image
 ships it, the CC0 ``microaneurysms`` crop (real lesions, no mask). Nothing is downloaded.
 """
 
@@ -23,7 +23,7 @@ OUT = HERE / "examples"
 MAX_SIDE = 512
 
 sys.path.insert(0, str(HERE.parent))  # import wmoe from this checkout
-from wmoe.synthetic import draw_defect  # noqa: E402
+from training.synthetic import draw_defect  # noqa: E402
 
 # (file stem, skimage.data name, class name, defect kind or None, seed, defect scale in [0, 1],
 #  fixed defect colour or None for a drawn contrasting one)

@@ -1,4 +1,4 @@
-"""Tests for the seeded synthetic anomaly generator (wmoe/synthetic.py)."""
+"""Tests for the seeded synthetic anomaly generator (training/synthetic.py)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from wmoe import synthetic as syn
+from training import synthetic as syn
 
 
 def _files(root: Path) -> dict[str, bytes]:

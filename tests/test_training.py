@@ -28,8 +28,8 @@ from training.distributed import EpochSampler, World
 from training.evaluate import METRICS
 from training.evaluate import main as evaluate_main
 from training.prepare_data import prepare
+from training.synthetic import KINDS, generate, make_category
 from wmoe import Detector, WMoECLIP, save_pretrained
-from wmoe.synthetic import KINDS, generate, make_category
 
 ROOT = Path(__file__).resolve().parents[1]
 TRAIN_CATS = ["felt", "nut", "mesh"]

@@ -15,9 +15,9 @@ from pathlib import Path
 
 import yaml
 
+from training.synthetic import generate
 from wmoe.config import ConfigError, WMoEConfig
 from wmoe.loss import LossWeights
-from wmoe.synthetic import generate
 
 
 class TrainConfigError(ValueError):
@@ -67,7 +67,7 @@ class TrainConfig:
     device: str = "auto"  # auto | cpu | cuda
     precision: str = "auto"  # auto (bf16 autocast on a CUDA GPU that supports it, else fp32) | fp32 | bf16
     cpu_threads: int = 0  # torch CPU threads of each process; 0 = PyTorch's default (one per core)
-    # datasets generated before training: wmoe.synthetic.generate arguments, with a root
+    # datasets generated before training: training.synthetic.generate arguments, with a root
     synthetic: list[dict] = field(default_factory=list)
     optim: Optim = field(default_factory=Optim)
     loss: LossWeights = field(default_factory=LossWeights)
@@ -226,7 +226,7 @@ def _model(d, seed: int, where: str) -> WMoEConfig:
 
 
 def _synthetic(d, where: str) -> dict:
-    """Arguments of wmoe.synthetic.generate (root required); checked against its signature."""
+    """Arguments of training.synthetic.generate (root required); checked against its signature."""
     known = set(inspect.signature(generate).parameters)
     _check_keys(d, known, where, required={"root"})
     return dict(d)

@@ -63,13 +63,13 @@ from training.state import (
     restore_rng,
     save_state,
 )
+from training.synthetic import generate
 from wmoe import WMoECLIP, save_pretrained
 from wmoe.checkpoint import push_to_hub
 from wmoe.config import ConfigError
 from wmoe.hub import WeightsNotFoundError
 from wmoe.loss import wmoe_loss
 from wmoe.preprocess import ImageError
-from wmoe.synthetic import generate
 
 STATE_DIR = "checkpoints"
 LOG_NAME = "train_log.jsonl"

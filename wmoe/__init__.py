@@ -1,6 +1,6 @@
 """WMoE-CLIP: wavelet-enhanced mixture-of-experts prompt learning for zero-shot anomaly detection.
 
-Names are imported on first use, so `wmoe.metrics` or `wmoe.synthetic` load without torch.
+Names are imported on first use, so `wmoe.metrics` loads without torch.
 """
 
 from importlib import import_module

@@ -12,7 +12,7 @@ tests, the tiny training runs and the demo assets. numpy + PIL + scipy.ndimage o
 * ``generate(root, ...)`` writes an MVTec AD folder tree (``train/good``, ``test/good``,
   ``test/<defect>``, ``ground_truth/<defect>/*_mask.png``). Same arguments -> byte-identical files.
 
-CLI: ``python -m wmoe.synthetic ROOT --categories 6 --size 128 --seed 0``.
+CLI: ``python -m training.synthetic ROOT --categories 6 --size 128 --seed 0``.
 """
 
 from __future__ import annotations
@@ -872,7 +872,7 @@ def generate(
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m wmoe.synthetic", description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(prog="python -m training.synthetic", description=__doc__.splitlines()[0])
     ap.add_argument("root", help="output folder (MVTec AD layout)")
     ap.add_argument(
         "--categories", default="6", help="a count, or comma-separated names / kinds / name:kind (default 6)"
