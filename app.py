@@ -21,6 +21,8 @@ import gradio as gr
 from app_views import CTDS_SAMPLES, MAX_BATCH_IMAGES, UNTRAINED, Views, md, public, unreadable, user_error
 from wmoe import CheckpointError, ConfigError, Detector, WeightsNotFoundError, WMoEConfig
 from wmoe.checkpoint import includes_backbone
+from wmoe.config import DEFAULT_CLASS
+from wmoe.precision import DTYPES
 
 log = logging.getLogger("wmoe.app")
 EXAMPLES_JSON = Path(__file__).resolve().parent / "assets" / "examples" / "examples.json"
@@ -195,7 +197,7 @@ def build_app(
 
     def class_box(elem_id: str):
         return gr.Textbox(
-            value="object", label="Class name (what the object is)", max_lines=1, elem_id=elem_id
+            value=DEFAULT_CLASS, label="Class name (what the object is)", max_lines=1, elem_id=elem_id
         )
 
     page = gr.Blocks(title="WMoE-CLIP anomaly detection", delete_cache=(3600, 3600), analytics_enabled=False)
@@ -417,7 +419,7 @@ def parse_args(argv=None) -> argparse.Namespace:
         help="port (default: $GRADIO_SERVER_PORT or 7860)",
     )
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1... (default: cuda when available)")
-    p.add_argument("--dtype", default=None, choices=["fp32", "bf16", "fp16"])
+    p.add_argument("--dtype", default=None, choices=sorted(DTYPES))
     p.add_argument(
         "--baseline",
         default="clip",

@@ -27,7 +27,9 @@ import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 from safetensors.torch import save_file  # noqa: E402
 
-DTYPE_NAMES = ("fp32", "bf16", "fp16")  # autocast dtypes, as Detector and app.py name them
+from wmoe.precision import DTYPES  # noqa: E402
+
+DTYPE_NAMES = tuple(DTYPES)  # autocast dtypes, as Detector and app.py name them
 QUICK = os.environ.get("WMOE_BENCH_QUICK") == "1"  # tiny settings: proves a script runs end to end
 for _key, _value in (("HF_HUB_OFFLINE", "1"), ("GRADIO_ANALYTICS_ENABLED", "False"), ("MPLBACKEND", "Agg")):
     os.environ.setdefault(_key, _value)  # benchmarks never download; no analytics; headless charts

@@ -26,7 +26,8 @@ import numpy as np
 import torch
 
 from wmoe.backbone import no_mha_fastpath
-from wmoe.detector import DTYPES, Detector
+from wmoe.detector import Detector
+from wmoe.precision import DTYPES
 from wmoe.preprocess import to_tensor
 
 OVERHEAD_TARGET = 1.10

@@ -149,9 +149,17 @@ def test_unknown_skip_is_refused(model, images):
         model(images, ["x"] * 2, skip={"wavelets"})
 
 
-def test_ctds_needs_context_tokens():
+def test_ctds_needs_context_tokens(tmp_path):
+    from wmoe import ConfigError
+
     with pytest.raises(ValueError, match="n_ctx"):
         WMoECLIP(WMoEConfig.tiny(n_ctx=0))
+    with pytest.raises(ConfigError, match="use_ctds needs n_ctx > 0"):  # the rule lives in the config
+        WMoEConfig.tiny(n_ctx=0)
+    path = tmp_path / "config.json"
+    path.write_text(WMoEConfig.tiny().to_json().replace('"n_ctx": 4', '"n_ctx": 0'))
+    with pytest.raises(ConfigError, match=f"{path}.*use_ctds needs n_ctx > 0"):  # names the file
+        WMoEConfig.load(path)
 
 
 def test_backbone_taps_out_of_range():

@@ -19,6 +19,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from .config import CONFIG_NAME, ConfigError, WMoEConfig
+from .errors import WMoEError
 from .hub import WeightsNotFoundError, unavailable_reason
 from .model import WMoECLIP
 
@@ -27,7 +28,7 @@ CARD_NAME = "README.md"
 REPO_ID = re.compile(r"^[\w.-]+/[\w.-]+$")
 
 
-class CheckpointError(ValueError):
+class CheckpointError(WMoEError, ValueError):
     """A checkpoint folder or file that cannot be loaded; the message names the file and the problem."""
 
 

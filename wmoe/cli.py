@@ -1,4 +1,7 @@
-"""Command line: `python -m wmoe make-tiny DIR` and `python -m wmoe predict IMAGE... --checkpoint DIR`."""
+"""Command line: `wmoe make-tiny DIR` and `wmoe predict IMAGE... --checkpoint DIR` (also `python -m wmoe`).
+
+Exit codes follow `wmoe.errors`: 0 done, 1 some images skipped, 2 a clear error (or wrong usage).
+"""
 
 from __future__ import annotations
 
@@ -7,14 +10,16 @@ import json
 import sys
 from pathlib import Path
 
-from .checkpoint import CheckpointError, save_pretrained
-from .config import ConfigError, WMoEConfig
-from .hub import WeightsNotFoundError
+from .config import DEFAULT_CLASS
+from .errors import EXIT_ERROR, EXIT_OK, EXIT_SKIPPED, WMoEError
+from .precision import DTYPES
 from .preprocess import ImageError, load_image
 from .render import overlay
 
 
 def make_tiny(args) -> int:
+    from .checkpoint import save_pretrained
+    from .config import WMoEConfig
     from .model import WMoECLIP
 
     model = WMoECLIP(WMoEConfig.tiny(seed=args.seed))
@@ -22,7 +27,7 @@ def make_tiny(args) -> int:
         model, args.directory, {"trained": False, "note": "tiny random model from `wmoe make-tiny`"}
     )
     print(f"wrote an untrained tiny checkpoint to {args.directory}")
-    return 0
+    return EXIT_OK
 
 
 def predict(args) -> int:
@@ -48,11 +53,11 @@ def predict(args) -> int:
             line = json.dumps({"path": str(path), "overlay": str(target), **pred.to_dict()})
             print(line)
             log.write(line + "\n")
-    return 1 if failed else 0
+    return EXIT_SKIPPED if failed else EXIT_OK
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m wmoe", description=__doc__)
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="wmoe", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
     tiny = sub.add_parser("make-tiny", help="write a tiny random (untrained) checkpoint for smoke tests")
     tiny.add_argument("directory")
@@ -61,18 +66,25 @@ def main(argv: list[str] | None = None) -> int:
     pred = sub.add_parser("predict", help="write a heatmap overlay PNG and a JSON line per image")
     pred.add_argument("images", nargs="+")
     pred.add_argument(
-        "--class", dest="class_name", default="object", help="what the object is (default: object)"
+        "--class",
+        dest="class_name",
+        default=DEFAULT_CLASS,
+        help=f"what the object is (default: {DEFAULT_CLASS})",
     )
     pred.add_argument("--checkpoint", required=True, help="checkpoint folder or Hub repo id")
     pred.add_argument("--revision", default=None)
     pred.add_argument("--out", default="out")
     pred.add_argument("--threshold", type=float, default=0.5, help="outline the region with map >= threshold")
     pred.add_argument("--device", default=None)
-    pred.add_argument("--dtype", default=None, choices=["fp32", "bf16", "fp16"])
+    pred.add_argument("--dtype", default=None, choices=sorted(DTYPES))
     pred.set_defaults(run=predict)
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
     try:
         return args.run(args)
-    except (CheckpointError, ConfigError, WeightsNotFoundError, ImageError) as e:
+    except WMoEError as e:
         print(f"error: {e}", file=sys.stderr)
-        return 2
+        return EXIT_ERROR

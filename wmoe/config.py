@@ -11,11 +11,14 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+from .errors import WMoEError
+
 CONFIG_NAME = "config.json"
+DEFAULT_CLASS = "object"  # the class name used when the user gives none
 FORMAT_VERSION = 1
 
 
-class ConfigError(ValueError):
+class ConfigError(WMoEError, ValueError):
     """A config.json that does not describe a WMoE-CLIP model we can build."""
 
 
@@ -50,6 +53,8 @@ class WMoEConfig:
             raise ConfigError(f"layers must be 1-based block indices, got {self.layers}")
         if self.n_ctx < 0 or self.num_experts < 1 or self.latent_dim < 1:
             raise ConfigError("n_ctx must be >= 0, num_experts and latent_dim >= 1")
+        if self.use_ctds and self.n_ctx == 0:
+            raise ConfigError("CTDS conditions the learnable context tokens: use_ctds needs n_ctx > 0")
         if not 0 <= self.top_k <= self.num_experts:
             raise ConfigError(f"top_k must be in 0..num_experts ({self.num_experts}), got {self.top_k}")
         for name in ("normal_template", "abnormal_template"):

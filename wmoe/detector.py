@@ -13,19 +13,10 @@ import torch.nn.functional as F
 
 from .backbone import Backbone
 from .checkpoint import load_model, save_pretrained
-from .config import WMoEConfig
+from .config import DEFAULT_CLASS, WMoEConfig
 from .model import WMoECLIP
+from .precision import resolve_dtype
 from .preprocess import load_image, to_tensor
-from .prompts import DEFAULT_CLASS
-
-DTYPES = {
-    "fp32": torch.float32,
-    "float32": torch.float32,
-    "bf16": torch.bfloat16,
-    "bfloat16": torch.bfloat16,
-    "fp16": torch.float16,
-    "float16": torch.float16,
-}
 
 
 @dataclass
@@ -77,7 +68,7 @@ class Detector:
         ctds_samples: int = 0,
     ):
         self.device = torch.device(device) if device else default_device()
-        self.dtype = DTYPES[dtype] if isinstance(dtype, str) else (dtype or torch.float32)
+        self.dtype = resolve_dtype(dtype)
         self.model = model.to(self.device).eval()
         self.config = model.config
         self.info = info or {}

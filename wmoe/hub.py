@@ -10,10 +10,12 @@ from urllib.parse import urlparse
 import huggingface_hub
 from huggingface_hub import constants, hf_hub_download, try_to_load_from_cache
 
+from .errors import WMoEError
+
 PROBE_TIMEOUT_S = 3.0
 
 
-class WeightsNotFoundError(FileNotFoundError):
+class WeightsNotFoundError(WMoEError, FileNotFoundError):
     """Weights that are neither on disk nor reachable; the message says how to supply them."""
 
 

@@ -48,8 +48,6 @@ class WMoECLIP(nn.Module):
         self, config: WMoEConfig, backbone: Backbone | None = None, load_backbone_weights: bool = True
     ):
         super().__init__()
-        if config.use_ctds and config.n_ctx == 0:
-            raise ValueError("CTDS conditions the learnable context tokens: use_ctds needs n_ctx > 0")
         self.config = config
         self.backbone = backbone or Backbone(config, load_weights=load_backbone_weights)
         D, L = self.backbone.embed_dim, len(config.layers)

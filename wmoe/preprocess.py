@@ -15,10 +15,12 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from .errors import WMoEError
+
 MAX_PIXELS = 40_000_000  # larger images are refused before decoding (decompression bombs, memory)
 
 
-class ImageError(ValueError):
+class ImageError(WMoEError, ValueError):
     """An input that is not a usable image; the message says what is wrong."""
 
 

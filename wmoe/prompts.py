@@ -14,8 +14,6 @@ from torch import nn
 
 from .backbone import Backbone
 
-DEFAULT_CLASS = "object"
-
 
 class PromptLearner(nn.Module):
     def __init__(self, n_ctx: int, templates: tuple[str, str], backbone: Backbone):
