@@ -1,6 +1,6 @@
-"""Regenerate the demo examples in assets/examples/ (deterministic; run from anywhere).
+"""Regenerate the demo examples in assets/examples/ (deterministic; run from the repository root).
 
-    python assets/make_assets.py
+    python -m assets.make_assets
 
 Every picture comes from scikit-image's bundled CC0 data (``skimage.data``): real textures (brick,
 grass, gravel) and a fundus photograph (retina) with a synthetic defect drawn by
@@ -18,12 +18,12 @@ import numpy as np
 from PIL import Image
 from scipy import ndimage
 
+from training.synthetic import draw_defect
+
 HERE = Path(__file__).resolve().parent
 OUT = HERE / "examples"
 MAX_SIDE = 512
 
-sys.path.insert(0, str(HERE.parent))  # import wmoe from this checkout
-from training.synthetic import draw_defect  # noqa: E402
 
 # (file stem, skimage.data name, class name, defect kind or None, seed, defect scale in [0, 1],
 #  fixed defect colour or None for a drawn contrasting one)

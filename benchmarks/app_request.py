@@ -11,7 +11,7 @@ in turn after one warm-up round:
   PNG encoding of every output image, download), what a user waits for.
 Target: request time at most 1.2x predict time.
 
-    python benchmarks/app_request.py                     # ViT-L-14-336, 518 px, fp32, 3 reps
+    python -m benchmarks.app_request                     # ViT-L-14-336, 518 px, fp32, 3 reps
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-import common
+from benchmarks import common
 
 TARGET = 1.2
 

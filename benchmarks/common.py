@@ -18,14 +18,12 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:  # run from a source checkout without installing the package
-    sys.path.insert(0, str(ROOT))
+import numpy as np
+import torch
+from PIL import Image
+from safetensors.torch import save_file
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-from PIL import Image  # noqa: E402
-from safetensors.torch import save_file  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 from wmoe.precision import DTYPES  # noqa: E402
 

@@ -74,12 +74,12 @@ run() {  # name, time limit in seconds, command...; the limit shrinks to what is
     [ $rc = 0 ] || { FAILED=$((FAILED + 1)); tail -n 5 "$OUT/$name.log" | sed 's/^/    /' | tee -a "$OUT/summary.txt"; }
 }
 # in order of importance; the last two are extras
-run latency         80 "$PY" benchmarks/latency.py $LAT
-run throughput      55 "$PY" benchmarks/throughput.py $THR
-run memory         110 "$PY" benchmarks/memory.py $MEM
-run app_request     80 "$PY" benchmarks/app_request.py $APP
-run metrics_speed   75 "$PY" benchmarks/metrics_speed.py $MET
-run latency_batch8  45 "$PY" benchmarks/latency.py --batch 8 $LAT8
-run throughput_bf16 40 "$PY" benchmarks/throughput.py --dtype bf16 $THR
+run latency         80 "$PY" -m benchmarks.latency $LAT
+run throughput      55 "$PY" -m benchmarks.throughput $THR
+run memory         110 "$PY" -m benchmarks.memory $MEM
+run app_request     80 "$PY" -m benchmarks.app_request $APP
+run metrics_speed   75 "$PY" -m benchmarks.metrics_speed $MET
+run latency_batch8  45 "$PY" -m benchmarks.latency --batch 8 $LAT8
+run throughput_bf16 40 "$PY" -m benchmarks.throughput --dtype bf16 $THR
 say "done: $FAILED failed or skipped; total $(( $(date +%s) - START ))s; results in $OUT"
 [ $FAILED = 0 ]

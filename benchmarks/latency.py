@@ -12,8 +12,8 @@ stage from `Prediction.timings`; then one line per low-precision dtype against f
 (target >= 1.3 on CPU) and the largest absolute anomaly-map difference (target <= 0.02).
 Random backbone weights cost the same as real ones; the heads keep their initial values.
 
-    python benchmarks/latency.py                           # ViT-L-14-336, 518 px, fp32 and bf16, 3 reps
-    python benchmarks/latency.py --dtype fp32 --threads 2 --reps 5
+    python -m benchmarks.latency                           # ViT-L-14-336, 518 px, fp32 and bf16, 3 reps
+    python -m benchmarks.latency --dtype fp32 --threads 2 --reps 5
 """
 
 from __future__ import annotations
@@ -21,10 +21,10 @@ from __future__ import annotations
 import contextlib
 import os
 
-import common
 import numpy as np
 import torch
 
+from benchmarks import common
 from wmoe.backbone import no_mha_fastpath
 from wmoe.detector import Detector
 from wmoe.precision import DTYPES

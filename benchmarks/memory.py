@@ -10,8 +10,8 @@ transient copies. Then each measurement runs in a fresh process:
   (its CUDA memory is not visible from outside; the detector line gives it).
 Target: the app process with ViT-L-14-336 in fp32 at most 3 GB (1e9 bytes) RSS on CPU.
 
-    python benchmarks/memory.py                     # ViT-L-14-336, 518 px: detector fp32 and bf16, app fp32
-    python benchmarks/memory.py --dtype fp32 --no-app
+    python -m benchmarks.memory                     # ViT-L-14-336, 518 px: detector fp32 and bf16, app fp32
+    python -m benchmarks.memory --dtype fp32 --no-app
 """
 
 from __future__ import annotations
@@ -27,9 +27,9 @@ import time
 import urllib.request
 from pathlib import Path
 
-import common
 import torch
 
+from benchmarks import common
 from wmoe.detector import Detector
 
 TARGET_GB = 3.0  # app process, ViT-L-14-336, fp32, CPU
@@ -123,10 +123,10 @@ def _serving(url: str) -> bool:
 
 def in_child(task: str, spec: dict, args, env: dict) -> dict:
     """Run one task of this script in a fresh Python process; its last stdout line is the result."""
-    cmd = [sys.executable, __file__, "--child", json.dumps({"task": task, **spec})]
+    cmd = [sys.executable, "-m", "benchmarks.memory", "--child", json.dumps({"task": task, **spec})]
     if args.threads is not None:
         cmd += ["--threads", str(args.threads)]
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=common.ROOT)
     lines = proc.stdout.strip().splitlines()
     if proc.returncode != 0 or not lines:
         sys.exit(f"the {task} process failed (exit {proc.returncode}):\n{proc.stderr[-3000:]}")

@@ -10,27 +10,20 @@ Measures, interleaved in one run (ours, then the alternative, per repeat):
 - ``aupro_exact``: ours vs a brute-force exact AUPRO (one binarisation per distinct score) on a
   small subset (default 5 maps of 64x64), to show the fast path computes the same curve.
 
-Prints one JSON line per measurement. Example: ``python benchmarks/metrics_speed.py --n 200``.
+Prints one JSON line per measurement. Example: ``python -m benchmarks.metrics_speed --n 200``.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
-from pathlib import Path
 
 import numpy as np
 from scipy import ndimage
 from sklearn.metrics import auc, roc_auc_score
 
-try:
-    from wmoe import metrics as M
-except ModuleNotFoundError:  # run from a source checkout without installing
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-    from wmoe import metrics as M
-
+from wmoe import metrics as M
 
 # ----------------------------------------------------------------------------------------------
 # synthetic data

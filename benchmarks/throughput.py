@@ -7,16 +7,15 @@ batch 8: at most 0.9 on a GPU; on a CPU the cores are already busy at batch 1, s
 ViT-L-14-336 at 518 px on a 2-core CPU costs about a minute per batch of 8: shrink with
 --image-size / --backbone for a quick run; every line says what was run.
 
-    python benchmarks/throughput.py                                 # ViT-L-14-336, 518 px, fp32
-    python benchmarks/throughput.py --backbone ViT-B-16 --image-size 224 --reps 5
+    python -m benchmarks.throughput                                 # ViT-L-14-336, 518 px, fp32
+    python -m benchmarks.throughput --backbone ViT-B-16 --image-size 224 --reps 5
 """
 
 from __future__ import annotations
 
 import os
 
-import common
-
+from benchmarks import common
 from wmoe.detector import Detector
 
 GPU_TARGET = 0.9  # time per image at batch 8 over batch 1

@@ -3,19 +3,13 @@
 from __future__ import annotations
 
 import math
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 from scipy import ndimage
 from sklearn.metrics import average_precision_score, precision_recall_curve, roc_auc_score
 
-try:
-    import wmoe.metrics as M
-except ModuleNotFoundError:  # package not installed: run from the source tree
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-    import wmoe.metrics as M
+import wmoe.metrics as M
 
 IMAGE_FUNCS = [M.image_auroc, M.image_ap, M.f1_max]
 PIXEL_FUNCS = [M.pixel_auroc, M.pixel_ap, M.pixel_f1_max, M.aupro]

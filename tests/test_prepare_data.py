@@ -455,12 +455,14 @@ def test_cli_error_exits_2_without_traceback(tmp_path):
     proc = subprocess.run(
         [
             sys.executable,
-            str(REPO / "training" / "prepare_data.py"),
+            "-m",
+            "training.prepare_data",
             "--dataset",
             "tn3k",
             "--root",
             str(tmp_path),
         ],
+        cwd=REPO,
         capture_output=True,
         text=True,
         timeout=60,

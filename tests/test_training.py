@@ -415,7 +415,7 @@ def torchrun(*args: str, timeout: int = 240) -> subprocess.CompletedProcess:
 def test_two_process_ddp_training_and_gathered_evaluation(straight, data, tmp_path):
     config = write_recipe(tmp_path / "recipe.yaml", recipe(data, epochs=1, every_steps=0))
     out = tmp_path / "ddp"
-    done = torchrun("training/train.py", "--config", str(config), "--output", str(out), "--no-progress")
+    done = torchrun("-m", "training.train", "--config", str(config), "--output", str(out), "--no-progress")
     assert done.returncode == 0, done.stderr[-3000:]
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["images"] == 16 and metrics["steps"] == 3  # 24 images / 2 processes / batch 4
@@ -430,7 +430,8 @@ def test_two_process_ddp_training_and_gathered_evaluation(straight, data, tmp_pa
     # evaluation sharded over 2 processes and gathered gives exactly the 1-process numbers
     _, reference = straight
     done = torchrun(
-        "training/evaluate.py",
+        "-m",
+        "training.evaluate",
         "--checkpoint",
         str(reference),
         "--data",
@@ -526,7 +527,8 @@ def test_smoke_reproduction_meets_the_bar(tmp_path):
     done = subprocess.run(
         [
             sys.executable,
-            "training/train.py",
+            "-m",
+            "training.train",
             "--config",
             "training/configs/smoke.yaml",
             "--output",

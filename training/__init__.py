@@ -1,0 +1,1 @@
+"""Training and evaluation of WMoE-CLIP, and the data tools they use (run as `python -m training.<command>`)."""

@@ -32,7 +32,7 @@ def resolve_meta(root: str | Path, meta: str | Path = "meta.json") -> Path:
             return path
     raise MetaError(
         f"no meta file at {' or '.join(str(c) for c in candidates)}; write one with "
-        f"`python training/prepare_data.py --dataset NAME --root {root}`"
+        f"`python -m training.prepare_data --dataset NAME --root {root}`"
     )
 
 

@@ -1,6 +1,6 @@
 """One process or many under torchrun: device choice, the process group, sharding and gathering.
 
-A single `python training/train.py` is a world of one and needs no process group. Under
+A single `python -m training.train` is a world of one and needs no process group. Under
 `torchrun --nproc_per_node=N` each process joins a group (nccl on CUDA, gloo on CPU), trains on its
 shard of every epoch, and evaluation results are gathered back in dataset order, so metrics are the
 same whatever the number of processes.

@@ -1,6 +1,6 @@
 """Evaluate any WMoE-CLIP checkpoint on any prepared dataset: per-class and mean metrics (zero-shot protocol).
 
-    python training/evaluate.py --checkpoint runs/mvtec --data data/visa --out runs/mvtec/eval/visa
+    python -m training.evaluate --checkpoint runs/mvtec --data data/visa --out runs/mvtec/eval/visa
 
 Writes results.md (x100, one decimal), results.csv and metrics.json (fractions in 0..1). The model
 sees each image through the inference preprocessing (wmoe.preprocess) and gives the same anomaly map
@@ -22,9 +22,6 @@ import sys
 import time
 from datetime import datetime, timezone
 from pathlib import Path
-
-if __package__ in (None, ""):  # run as `python training/evaluate.py`: make the repository root importable
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch
 import torch.nn.functional as F
@@ -268,11 +265,13 @@ def write_results(result: dict, out: str | Path, extra: dict | None = None, titl
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="training/evaluate.py", description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(prog="python -m training.evaluate", description=__doc__.splitlines()[0])
     ap.add_argument(
         "--checkpoint", required=True, help="checkpoint folder (config.json + model.safetensors) or Hub id"
     )
-    ap.add_argument("--data", required=True, help="dataset root (prepared with training/prepare_data.py)")
+    ap.add_argument(
+        "--data", required=True, help="dataset root (prepared with python -m training.prepare_data)"
+    )
     ap.add_argument("--meta", default="meta.json", help="meta file, relative to --data (default meta.json)")
     ap.add_argument("--classes", nargs="+", default=None, help="evaluate only these classes")
     ap.add_argument("--out", required=True, help="folder for results.md, results.csv and metrics.json")

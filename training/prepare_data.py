@@ -12,8 +12,8 @@ zero-shot on the others (see training/README.md).
 One small loader per dataset, registered in :data:`LOADERS`; each loader's docstring gives the layout it
 expects. ``folder`` is for a user's own data. Usage::
 
-    python training/prepare_data.py --dataset mvtec --root data/mvtec [--out data/mvtec/meta.json]
-    python training/prepare_data.py --dataset folder --root my_parts --class-name "metal bracket"
+    python -m training.prepare_data --dataset mvtec --root data/mvtec [--out data/mvtec/meta.json]
+    python -m training.prepare_data --dataset folder --root my_parts --class-name "metal bracket"
 
 A missing or malformed folder raises :class:`DatasetLayoutError` naming the path and what was expected;
 the CLI prints it and exits with status 2.
@@ -650,7 +650,8 @@ def prepare(
 
 def main(argv: Sequence[str] | None = None) -> int:
     ap = argparse.ArgumentParser(
-        prog="prepare_data.py", description="Write meta.json for an anomaly-detection dataset."
+        prog="python -m training.prepare_data",
+        description="Write meta.json for an anomaly-detection dataset.",
     )
     ap.add_argument(
         "--dataset",

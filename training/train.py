@@ -1,8 +1,8 @@
 """Train WMoE-CLIP from a YAML recipe into a checkpoint folder that wmoe.Detector.from_pretrained loads.
 
-    python training/train.py --config training/configs/smoke.yaml --output runs/smoke
-    python training/train.py --config training/configs/smoke.yaml --output runs/smoke --resume
-    torchrun --nproc_per_node=8 training/train.py --config RECIPE.yaml --output runs/mvtec_to_all
+    python -m training.train --config training/configs/smoke.yaml --output runs/smoke
+    python -m training.train --config training/configs/smoke.yaml --output runs/smoke --resume
+    torchrun --nproc_per_node=8 -m training.train --config RECIPE.yaml --output runs/mvtec_to_all
 
 Only the heads learn (wmoe.WMoECLIP.head_parameters); the backbone is frozen. The training state is
 saved atomically at the end of every epoch (training/state.py) and --resume continues a killed run to
@@ -27,9 +27,6 @@ import tempfile
 import time
 from datetime import datetime, timezone
 from pathlib import Path
-
-if __package__ in (None, ""):  # run as `python training/train.py`: make the repository root importable
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import numpy as np
 import torch
@@ -92,7 +89,7 @@ class TrainingError(RuntimeError):
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="training/train.py", description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(prog="python -m training.train", description=__doc__.splitlines()[0])
     ap.add_argument("--config", required=True, help="training YAML (see training/configs/)")
     ap.add_argument(
         "--output", required=True, help="run folder: the checkpoint, its metrics, logs and states"
@@ -523,7 +520,7 @@ def write_outputs(trainer: Trainer, result: dict | None, untrained: dict | None,
         write_results(result, output, extra, title="Zero-shot results")
         with open(output / "README.md", "a") as card:
             card.write(
-                "\n## Evaluation\n\nMeasured by `training/evaluate.py` at the end of training (zero-shot: "
+                "\n## Evaluation\n\nMeasured by `training.evaluate` at the end of training (zero-shot: "
                 "classes never seen in training); recipe in `train_config.yaml`, environment in "
                 "`environment.json`. Metrics x100.\n\n" + markdown_table(result)
             )
