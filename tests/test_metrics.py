@@ -1,4 +1,4 @@
-"""Tests for wmoe.metrics: hand cases from docs/method.md, sklearn agreement, an exact slow AUPRO."""
+"""Tests for wmoe.metrics: hand cases from docs/design.md, sklearn agreement, an exact slow AUPRO."""
 
 from __future__ import annotations
 
@@ -85,7 +85,7 @@ def chunk(request, monkeypatch):
 
 
 # ----------------------------------------------------------------------------------------------
-# hand cases (docs/method.md "Metrics")
+# hand cases (docs/design.md "Metrics conventions")
 # ----------------------------------------------------------------------------------------------
 
 

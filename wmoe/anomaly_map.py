@@ -1,6 +1,6 @@
 """Anomaly maps: patch-text cosine similarity -> abnormal probability -> image-sized, smoothed map.
 
-ours (method.md): softmax over (normal, abnormal) at the configured temperature, upsampled to the
+ours (docs/design.md): softmax over (normal, abnormal) at the configured temperature, upsampled to the
 input size, averaged over layers, Gaussian smoothing. Values stay probabilities in [0, 1].
 """
 

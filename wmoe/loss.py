@@ -1,6 +1,6 @@
 """The training loss: image BCE + lambda * per-layer (focal + Dice) + beta * KL + gamma * balance.
 
-paper: the paper's loss is not available. ours (method.md): binary cross-entropy on the image score;
+paper: the paper's loss is not available. ours (docs/design.md): binary cross-entropy on the image score;
 for every tapped layer, focal loss on the abnormal probability plus Dice(abnormal, mask) and
 Dice(normal, 1 - mask) (summed over layers, the AnomalyCLIP convention); the CTDS KL term and
 the SA-MoE load-balancing term. Images without a pixel mask contribute the image term only.

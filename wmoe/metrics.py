@@ -1,7 +1,7 @@
 """Evaluation metrics for zero-shot anomaly detection (plain numpy, no torch).
 
 Image level: AUROC, AP, F1-max. Pixel level: AUROC, AP, F1-max and AUPRO (the exact reference
-algorithm of Bergmann et al., IJCV 2021 / MVTec's evaluation code, see docs/method.md "Metrics").
+algorithm of Bergmann et al., IJCV 2021 / MVTec's evaluation code, see docs/design.md "Metrics conventions").
 
 Conventions, shared by every function here:
 - Results are fractions in 0..1 (multiply by 100 for tables yourself).
