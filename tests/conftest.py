@@ -10,7 +10,7 @@ os.environ.pop("WMOE_BACKBONE_WEIGHTS", None)
 from pathlib import Path  # noqa: E402
 
 import pytest  # noqa: E402
-import torch  # noqa: E402
+from helpers import randomize_heads  # noqa: E402
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
@@ -20,15 +20,6 @@ def shared_data() -> Path:
     if not SHARED_DATA.is_dir():
         pytest.skip("../shared/data is absent")
     return SHARED_DATA
-
-
-def randomize_heads(model, seed: int = 0, std: float = 0.05):
-    """Give every learned parameter non-trivial values (zero-initialised modules are identities)."""
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in model.head_parameters().values():
-            p.add_(torch.randn(p.shape, generator=gen) * std)
-    return model
 
 
 @pytest.fixture(scope="session")

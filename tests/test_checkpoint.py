@@ -242,3 +242,33 @@ def test_no_code_path_unpickles():
             if "torch.load(" in line:
                 assert "weights_only=True" in line, f"{path}: {line.strip()}"
         assert "import pickle" not in text and "pickle.load" not in text, path
+
+
+def test_push_to_hub_function_and_method_upload_one_saved_folder(tiny_checkpoint, monkeypatch):
+    """One spelling: `wmoe.push_to_hub(model, repo_id, ...)` and `Detector.push_to_hub(repo_id, ...)`."""
+    uploads = []
+
+    class FakeApi:
+        def __init__(self, token=None):
+            self.token = token
+
+        def create_repo(self, repo_id, private=False, exist_ok=False):
+            uploads.append({"repo": repo_id, "private": private, "token": self.token})
+
+        def upload_folder(self, folder_path, repo_id, commit_message):
+            uploads[-1]["files"] = sorted(p.name for p in Path(folder_path).iterdir())
+            uploads[-1]["info"] = json.loads((Path(folder_path) / "config.json").read_text())["info"]
+            return f"https://huggingface.co/{repo_id}/commit/1"
+
+    monkeypatch.setattr(huggingface_hub, "HfApi", FakeApi)
+    from wmoe import push_to_hub
+
+    detector = Detector.from_pretrained(tiny_checkpoint)
+    assert push_to_hub(detector.model, "org/a", {"note": "x"}, private=True, token="t").endswith(
+        "org/a/commit/1"
+    )
+    assert detector.push_to_hub("org/b", {"note": "y"}).endswith("org/b/commit/1")
+    assert [u["repo"] for u in uploads] == ["org/a", "org/b"]
+    assert uploads[0]["private"] and uploads[0]["token"] == "t" and not uploads[1]["private"]
+    for u, note in zip(uploads, "xy", strict=True):
+        assert u["files"] == ["README.md", "config.json", "model.safetensors"] and u["info"]["note"] == note

@@ -33,3 +33,12 @@ def test_dtype_vocabulary():
     for bad in ("fp8", "half", torch.int8):
         with pytest.raises(PrecisionError, match="fp32"):
             resolve_dtype(bad)
+
+
+def test_public_api_is_explicit_and_resolves():
+    import wmoe
+
+    assert set(wmoe.__all__) == set(wmoe._EXPORTS) | {"__version__"}
+    for name in wmoe.__all__:
+        assert getattr(wmoe, name) is not None, name
+    assert wmoe.__version__.count(".") == 2

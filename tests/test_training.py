@@ -283,14 +283,14 @@ def test_push_to_hub_publishes_the_checkpoint_files_only(straight, monkeypatch, 
         staged["repo"] = repo_id
         return "https://huggingface.co/org/name/commit/1"
 
-    monkeypatch.setattr(train_mod, "push_to_hub", fake_push)
+    monkeypatch.setattr(train_mod, "upload_checkpoint", fake_push)
     assert train_mod.publish(out, "org/name") == 0
     assert staged["repo"] == "org/name" and staged["files"] == sorted(train_mod.PUBLISHED)
 
     def offline(directory, repo_id):
         raise ConnectionError("the Hub is unreachable")
 
-    monkeypatch.setattr(train_mod, "push_to_hub", offline)
+    monkeypatch.setattr(train_mod, "upload_checkpoint", offline)
     assert train_mod.publish(out, "org/name") == 3
     assert "the checkpoint folder is complete" in capsys.readouterr().err
 

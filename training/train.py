@@ -62,7 +62,7 @@ from training.state import (
 )
 from training.synthetic import generate
 from wmoe import WMoECLIP, save_pretrained
-from wmoe.checkpoint import push_to_hub
+from wmoe.checkpoint import upload_checkpoint
 from wmoe.config import ConfigError
 from wmoe.hub import WeightsNotFoundError
 from wmoe.loss import wmoe_loss
@@ -535,7 +535,7 @@ def publish(output: Path, repo_id: str) -> int:
             if (output / name).is_file():
                 shutil.copy2(output / name, Path(stage) / name)
         try:
-            url = push_to_hub(stage, repo_id)
+            url = upload_checkpoint(stage, repo_id)
         except (
             Exception
         ) as e:  # network, authentication, offline...: whatever the reason, the folder is complete

@@ -175,8 +175,26 @@ def load_model(
     return model, info
 
 
-def push_to_hub(directory: str | Path, repo_id: str, private: bool = False, token: str | None = None) -> str:
-    """Publish a saved checkpoint folder as a Hub model repo; returns the commit URL."""
+def push_to_hub(
+    model: WMoECLIP,
+    repo_id: str,
+    info: dict | None = None,
+    *,
+    private: bool = False,
+    token: str | None = None,
+) -> str:
+    """Save `model` as `save_pretrained` does and publish it as a Hub model repo; returns the commit URL."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        save_pretrained(model, tmp, info)
+        return upload_checkpoint(tmp, repo_id, private=private, token=token)
+
+
+def upload_checkpoint(
+    directory: str | Path, repo_id: str, *, private: bool = False, token: str | None = None
+) -> str:
+    """Publish a checkpoint folder already saved by `save_pretrained`; returns the commit URL."""
     from huggingface_hub import HfApi
 
     directory = Path(directory)
@@ -203,4 +221,5 @@ __all__ = [
     "push_to_hub",
     "resolve_checkpoint",
     "save_pretrained",
+    "upload_checkpoint",
 ]

@@ -6,17 +6,18 @@ import os
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 from .backbone import Backbone
-from .checkpoint import load_model, save_pretrained
+from .checkpoint import load_model, push_to_hub, save_pretrained
 from .config import DEFAULT_CLASS, WMoEConfig
 from .model import WMoECLIP
 from .precision import resolve_dtype
-from .preprocess import load_image, to_tensor
+from .preprocess import ImageInput, load_image, to_tensor
 
 
 @dataclass
@@ -107,30 +108,28 @@ class Detector:
             WMoECLIP(config, backbone=backbone), info={"trained": False, "training_free": True}, **kwargs
         )
 
-    def save_pretrained(self, directory, info: dict | None = None):
+    def save_pretrained(self, directory: str | os.PathLike, info: dict | None = None) -> Path:
+        """Write the checkpoint folder (config.json, model.safetensors, model card); `info` adds metadata."""
         return save_pretrained(self.model, directory, {**self.info, **(info or {})})
 
-    def push_to_hub(self, repo_id: str, private: bool = False, token: str | None = None) -> str:
-        import tempfile
-
-        from .checkpoint import push_to_hub
-
-        with tempfile.TemporaryDirectory() as tmp:
-            self.save_pretrained(tmp)
-            return push_to_hub(tmp, repo_id, private=private, token=token)
+    def push_to_hub(
+        self, repo_id: str, info: dict | None = None, *, private: bool = False, token: str | None = None
+    ) -> str:
+        """Publish the checkpoint as a Hub model repo (same arguments as `wmoe.push_to_hub`, minus the model)."""
+        return push_to_hub(self.model, repo_id, {**self.info, **(info or {})}, private=private, token=token)
 
     @property
     def trained(self) -> bool:
         return bool(self.info.get("trained"))
 
-    def predict(self, image, class_name: str = DEFAULT_CLASS, **kwargs) -> Prediction:
+    def predict(self, image: ImageInput, class_name: str = DEFAULT_CLASS, **kwargs) -> Prediction:
         """One image (path, bytes, PIL image or numpy array) and the name of the object in it."""
         return self.predict_batch([image], [class_name], **kwargs)[0]
 
     @torch.inference_mode()
     def predict_batch(
         self,
-        images: Sequence,
+        images: Sequence[ImageInput],
         class_names: str | Sequence[str] = DEFAULT_CLASS,
         *,
         skip: frozenset[str] = frozenset(),

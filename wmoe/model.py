@@ -140,9 +140,9 @@ class WMoECLIP(nn.Module):
         if self.moe is not None and "moe" not in skip:
             feats = torch.stack(unit_taps, 0).mean(0)
             moe = self.moe(logits[:, :, 0], feats, g, z, uniform="routing" in skip)
-            out.moe_score, out.routing_weights = moe["score"], moe["weights"]
-            out.expert_scores, out.expert_maps = moe["expert_scores"], moe["expert_maps"]
-            out.image_score = (1 - cfg.moe_score_weight) * cls_score + cfg.moe_score_weight * moe["score"]
+            out.moe_score, out.routing_weights = moe.score, moe.weights
+            out.expert_scores, out.expert_maps = moe.expert_scores, moe.expert_maps
+            out.image_score = (1 - cfg.moe_score_weight) * cls_score + cfg.moe_score_weight * moe.score
         clock.tick("moe")
         return out
 

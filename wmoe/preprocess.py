@@ -10,6 +10,7 @@ import io
 import os
 import warnings
 from pathlib import Path
+from typing import TypeAlias
 
 import numpy as np
 import torch
@@ -19,12 +20,15 @@ from .errors import WMoEError
 
 MAX_PIXELS = 40_000_000  # larger images are refused before decoding (decompression bombs, memory)
 
+ImageInput: TypeAlias = str | os.PathLike[str] | bytes | bytearray | Image.Image | np.ndarray
+"""What every image argument accepts: a file path, the file's bytes, a PIL image, or an (H, W[, C]) array."""
+
 
 class ImageError(WMoEError, ValueError):
     """An input that is not a usable image; the message says what is wrong."""
 
 
-def load_image(source) -> Image.Image:
+def load_image(source: ImageInput) -> Image.Image:
     """A path, bytes, PIL image or numpy array -> RGB PIL image (EXIF orientation applied)."""
     if isinstance(source, Image.Image):
         return _to_rgb(source, "the image")

@@ -11,9 +11,21 @@ optionally kept to the top k. A load-balancing term keeps the experts from colla
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 from torch import nn
+
+
+@dataclass
+class MoEOutput:
+    """What SA-MoE computes for a batch of B images and E experts."""
+
+    score: torch.Tensor  # (B,) routed mixture of the expert scores, in [0, 1]
+    weights: torch.Tensor  # (B, E) routing weights, rows sum to 1
+    expert_scores: torch.Tensor  # (B, E) each expert's own score, in [0, 1]
+    expert_logits: torch.Tensor  # (B, E)
+    expert_maps: torch.Tensor  # (B, E, h, w) each expert's attention over the patch grid, rows sum to 1
 
 
 class SAMoE(nn.Module):
@@ -57,7 +69,7 @@ class SAMoE(nn.Module):
         g: torch.Tensor,
         z: torch.Tensor | None,
         uniform: bool = False,
-    ) -> dict[str, torch.Tensor]:
+    ) -> MoEOutput:
         """layer_logits (B, L, h, w) anomaly logits per layer; feats (B, N, D) unit patch features."""
         B, _, h, w = layer_logits.shape
         ctx = torch.cat([conv(layer_logits) for conv in self.context], dim=1).flatten(2).float()  # (B, E, N)
@@ -66,13 +78,13 @@ class SAMoE(nn.Module):
         logits = self.scale * (attn * ctx).sum(-1) + self.bias  # (B, E)
         scores = torch.sigmoid(logits)
         weights = torch.full_like(scores, 1.0 / scores.shape[1]) if uniform else self.route(g, z)
-        return {
-            "score": (weights * scores).sum(-1),
-            "weights": weights,
-            "expert_scores": scores,
-            "expert_logits": logits,
-            "expert_maps": attn.unflatten(-1, (h, w)),
-        }
+        return MoEOutput(
+            score=(weights * scores).sum(-1),
+            weights=weights,
+            expert_scores=scores,
+            expert_logits=logits,
+            expert_maps=attn.unflatten(-1, (h, w)),
+        )
 
     @staticmethod
     def balance_loss(weights: torch.Tensor) -> torch.Tensor:
