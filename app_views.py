@@ -54,7 +54,12 @@ VARIANTS = [
 BASELINE_NAME = "training-free CLIP baseline"
 BATCH_CHUNK = 8  # images per model call in the Batch view
 MAX_BATCH_IMAGES = 100
-MAX_ZIP_MEMBER_BYTES = 50 * 2**20
+MAX_ZIP_MEMBER_BYTES = 50 * 2**20  # unpacked, counted while unpacking (headers can lie)
+MAX_UNPACKED_BYTES = 500 * 2**20  # unpacked from all the archives of one Batch request
+MAX_ZIP_ENTRIES = 2000
+ZIP_CHUNK = 2**20
+FORMULA_START = set("=+-@\uff1d\uff0b\uff0d\uff20")  # what makes a spreadsheet cell a formula
+ARCHIVES = {".zip", ".7z", ".rar", ".tar", ".gz", ".tgz", ".bz2", ".xz", ".zst"}
 THUMB_SIDE = 768  # galleries show at most this; the main overlay keeps the image's own size
 NAME_SHOWN = 100  # characters of a class name the score panel shows (the result JSON keeps all of it)
 
@@ -183,33 +188,92 @@ def safe_stem(name: str) -> str:
 
 
 def batch_items(paths: list[str]):
-    """(name, loader) for every file uploaded; a .zip contributes each of its files."""
+    """(name, loader) for every file uploaded; a .zip contributes each of its files, unpacked as a stream
+    against one byte budget for the whole request (`Unpacked`), whatever its headers claim."""
+    budget = Unpacked(MAX_UNPACKED_BYTES)
     for path in paths:
-        if zipfile.is_zipfile(path):
-            with zipfile.ZipFile(path) as archive:
-                for m in archive.infolist():
-                    hidden = m.filename.startswith("__MACOSX/") or Path(m.filename).name.startswith(".")
-                    if not m.is_dir() and not hidden:
-                        yield m.filename, functools.partial(zip_member, path, m)
-        else:
+        if not zipfile.is_zipfile(path):
             yield Path(path).name, functools.partial(read_upload, path)
-
-
-def zip_member(path: str, member: zipfile.ZipInfo) -> Image.Image:
-    if member.file_size > MAX_ZIP_MEMBER_BYTES:
-        raise ImageError(
-            f"{member.filename}: {member.file_size / 2**20:.0f} MB unpacked, over the limit of "
-            f"{MAX_ZIP_MEMBER_BYTES // 2**20} MB per image"
-        )
-    with zipfile.ZipFile(path) as archive:
+            continue
+        entries = zip_entries(path)
+        if entries > MAX_ZIP_ENTRIES:
+            yield (
+                Path(path).name,
+                functools.partial(
+                    refuse,
+                    f"{entries:,} entries, over the limit of {MAX_ZIP_ENTRIES:,} per archive: not unpacked",
+                ),
+            )
+            continue
         try:
-            data = archive.read(member)
-        except (zipfile.BadZipFile, NotImplementedError, RuntimeError) as e:  # damaged, odd method, encrypted
-            raise ImageError(f"{member.filename}: cannot be unpacked ({e})") from None
+            with zipfile.ZipFile(path) as archive:
+                members = archive.infolist()
+        except (zipfile.BadZipFile, OSError, ValueError) as e:
+            yield Path(path).name, functools.partial(refuse, f"a damaged .zip ({e})")
+            continue
+        for m in members:
+            hidden = m.filename.startswith("__MACOSX/") or Path(m.filename).name.startswith(".")
+            if not m.is_dir() and not hidden:
+                yield m.filename, functools.partial(zip_member, path, m, budget)
+
+
+def refuse(reason: str):
+    raise ImageError(reason)
+
+
+def zip_entries(path: str) -> int:
+    """The entry count an archive's end record declares, read before zipfile parses the whole directory
+    (a 50 MB upload can declare a million entries); a Zip64 record counts as too many."""
+    with open(path, "rb") as f:
+        f.seek(0, 2)
+        f.seek(max(0, f.tell() - 2**16 - 22))
+        tail = f.read()
+    end = tail.rfind(b"PK\x05\x06")
+    if end < 0 or len(tail) < end + 12:
+        return 0  # no end record: zipfile will say it is damaged
+    entries = int.from_bytes(tail[end + 10 : end + 12], "little")
+    return MAX_ZIP_ENTRIES + 1 if entries == 0xFFFF else entries
+
+
+@dataclass
+class Unpacked:
+    """The bytes one Batch request may still unpack from its archives."""
+
+    left: int
+
+
+def zip_member(path: str, member: zipfile.ZipInfo, budget: Unpacked) -> Image.Image:
+    """One archive member, decompressed chunk by chunk: never more than MAX_ZIP_MEMBER_BYTES of it, nor
+    more than the request's budget, are held, whatever sizes its headers declare."""
+    name, limit = member.filename, min(MAX_ZIP_MEMBER_BYTES, budget.left)
+    over = (
+        f"over the limit of {MAX_ZIP_MEMBER_BYTES // 2**20} MB unpacked per image"
+        if limit == MAX_ZIP_MEMBER_BYTES
+        else f"over the limit of {MAX_UNPACKED_BYTES // 2**20} MB unpacked per request: not unpacked"
+    )
+    if member.flag_bits & 0x1:
+        raise ImageError(f"{name}: encrypted (password-protected): not unpacked")
+    if Path(name).suffix.lower() in ARCHIVES:
+        raise ImageError(f"{name}: an archive inside the archive: not unpacked (put its images in the .zip)")
+    if member.file_size > limit:
+        raise ImageError(f"{name}: {member.file_size / 2**20:.0f} MB unpacked, {over}")
+    data = bytearray()
+    try:
+        with zipfile.ZipFile(path) as archive, archive.open(member) as stream:
+            while chunk := stream.read(ZIP_CHUNK):
+                data += chunk
+                if len(data) > limit:
+                    raise ImageError(f"{name}: more than {limit / 2**20:.0f} MB unpacked, {over}")
+    except (zipfile.BadZipFile, NotImplementedError, RuntimeError, EOFError, OSError) as e:
+        raise ImageError(f"{name}: cannot be unpacked ({e})") from None  # damaged, odd method, lying sizes
+    finally:
+        budget.left -= len(data)
+    if data.startswith(b"PK\x03\x04"):
+        raise ImageError(f"{name}: an archive inside the archive: not unpacked (put its images in the .zip)")
     try:
         return load_image(data)
     except ImageError as e:
-        raise ImageError(str(e).replace("the uploaded bytes", member.filename)) from None
+        raise ImageError(str(e).replace("the uploaded bytes", name)) from None
 
 
 def without_name(message: str, name: str) -> str:
@@ -498,37 +562,49 @@ class Views:
         return gallery, "\n\n".join(head), str(csv_path)
 
 
+def csv_cell(value) -> str:
+    """A cell a spreadsheet shows as written: numbers as decimals; text starting (after any blanks) with a
+    formula character (=, +, -, @, full-width forms too) or with a tab or carriage return gets a leading
+    single quote, as OWASP recommends against CSV injection, so it is never evaluated."""
+    if value is None:
+        return ""
+    if isinstance(value, (int, float, np.floating, np.integer)) and not isinstance(value, bool):
+        return f"{float(value):.6f}"
+    text = str(value)
+    if text[:1] in ("\t", "\r", "\n") or text.lstrip()[:1] in FORMULA_START:
+        return "'" + text
+    return text
+
+
 def write_csv(path: Path, rows, errors, threshold: float, model: dict):
-    """One row per scored image (score, decision, expert weights and scores), then the files that failed."""
+    """One row per scored image (score, decision, expert weights and scores), then the files that failed;
+    every cell through `csv_cell`."""
     experts = max((len(p.expert_weights) for _, p, _ in rows if p.expert_weights is not None), default=0)
     header = ["file", "score", "decision", "cls_score", "moe_score"]
     header += [f"weight_expert{i + 1}" for i in range(experts)]
     header += [f"score_expert{i + 1}" for i in range(experts)]
     header += ["model", "warning", "error"]
-
-    def fmt(values):
-        return ["" if v is None else f"{float(v):.6f}" for v in values]
-
+    lines = []
+    for name, p, _ in rows:
+        w = list(p.expert_weights) if p.expert_weights is not None else [None] * experts
+        s = list(p.expert_scores) if p.expert_scores is not None else [None] * experts
+        lines.append(
+            [
+                name,
+                p.score,
+                decision(p.score, threshold),
+                p.cls_score,
+                p.moe_score,
+                *w,
+                *s,
+                model["name"],
+                model["warning"],
+                "",
+            ]
+        )
+    for name, err in errors:
+        lines.append([name, *[None] * (4 + 2 * experts), model["name"], model["warning"], err])
     with open(path, "w", newline="") as f:
         out = csv.writer(f)
         out.writerow(header)
-        for name, p, _ in rows:
-            w = p.expert_weights if p.expert_weights is not None else [None] * experts
-            s = p.expert_scores if p.expert_scores is not None else [None] * experts
-            scores = fmt([p.score, p.cls_score, p.moe_score])
-            out.writerow(
-                [
-                    name,
-                    scores[0],
-                    decision(p.score, threshold),
-                    *scores[1:],
-                    *fmt(w),
-                    *fmt(s),
-                    model["name"],
-                    model["warning"] or "",
-                    "",
-                ]
-            )
-        for name, err in errors:
-            blank = [""] * (4 + 2 * experts)
-            out.writerow([name, *blank, model["name"], model["warning"] or "", err])
+        out.writerows([csv_cell(v) for v in line] for line in lines)
