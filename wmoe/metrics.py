@@ -5,17 +5,17 @@ algorithm of Bergmann et al., IJCV 2021 / MVTec's evaluation code, see docs/desi
 
 Conventions, shared by every function here:
 - Results are fractions in 0..1 (multiply by 100 for tables yourself).
-- A set holding a single label (all normal or all anomalous) gives ``float('nan')``, never 0: a 0
+- A set holding a single label (all normal or all anomalous) gives `float('nan')`, never 0: a 0
   would silently lower a macro mean.
 - Curves are exact: every distinct score is a threshold. Scores are sorted once (descending) and
   tied scores are resolved by keeping only the last point of each run of ties, which is what
-  scikit-learn's ``roc_auc_score`` / ``average_precision_score`` do, so results agree with them.
+  scikit-learn's `roc_auc_score` / `average_precision_score` do, so results agree with them.
 - Scores are ranked in their own precision (never down-cast: that would merge distinct scores
   into ties and change the result). The one sort holds 8 bytes per pixel (uint64 packed
   key+index for float32-representable scores, else an int64 argsort); everything after it is
   streamed in chunks, so pixel metrics need about 8 bytes per pixel of temporaries (12 for
   AUPRO, which adds int32 region labels).
-- Non-bool labels/masks are binarised with ``> 0.5`` (works for 0/1, 0/255 and resized float masks).
+- Non-bool labels/masks are binarised with `> 0.5` (works for 0/1, 0/255 and resized float masks).
 """
 
 from __future__ import annotations
@@ -48,7 +48,7 @@ _NAN = float("nan")
 
 
 def _as_bool(a: np.ndarray) -> np.ndarray:
-    """Return ``a`` as a bool array, without a copy when it already is one."""
+    """Return `a` as a bool array, without a copy when it already is one."""
     a = np.asarray(a)
     return a if a.dtype == np.bool_ else a > 0.5
 
@@ -113,8 +113,8 @@ class _Ranking:
     Fast path (scores whose values fit losslessly in 32 bits, i.e. float32/float16/small ints, or
     float64 holding float32 values, and fewer than 2**32 of them): each score becomes an
     order-preserving uint32 key packed with its index into one uint64, and the packed array is
-    sorted with ``np.sort`` (SIMD, ~3x faster than ``argsort`` on float32). Otherwise an int64
-    ``argsort``. Either way 8 bytes per element, made chunk by chunk.
+    sorted with `np.sort` (SIMD, ~3x faster than `argsort` on float32). Otherwise an int64
+    `argsort`. Either way 8 bytes per element, made chunk by chunk.
     """
 
     def __init__(self, flat_scores: np.ndarray):
@@ -146,8 +146,8 @@ class _Ranking:
     def runs(self, chunk: int | None = None) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         """Walk the scores in descending order, one chunk at a time.
 
-        Yields ``(idx, last)``: ``idx`` are flat indices of the chunk's elements (descending score),
-        ``last`` marks the elements that end a run of tied scores (the only points of an exact
+        Yields `(idx, last)`: `idx` are flat indices of the chunk's elements (descending score),
+        `last` marks the elements that end a run of tied scores (the only points of an exact
         curve: a threshold sits between distinct scores). Chunking keeps temporaries small.
         """
         chunk = int(chunk or _CHUNK)
@@ -176,10 +176,10 @@ class _Ranking:
 
 
 def _binary_stats(y: np.ndarray, s: np.ndarray, ranking: _Ranking | None = None) -> dict[str, float]:
-    """AUROC, AP and F1-max of flat bool labels ``y`` against flat scores ``s`` in one pass.
+    """AUROC, AP and F1-max of flat bool labels `y` against flat scores `s` in one pass.
 
-    For each threshold (end of a tie run, descending) with ``tp`` true positives among the ``k``
-    highest scores and ``fp = k - tp``:
+    For each threshold (end of a tie run, descending) with `tp` true positives among the `k`
+    highest scores and `fp = k - tp`:
     AUROC = trapezoid area under (fp/N, tp/P) from (0,0), computed exactly in integers;
     AP = sum over points of (tp_i - tp_{i-1})/P * tp_i/k_i (scikit-learn's step definition);
     F1-max = max of 2 tp / (k + P) (= 2PR/(P+R)); predicting nothing gives F1 = 0.
@@ -234,13 +234,13 @@ def _image_stats(labels, scores) -> dict[str, float]:
 
 def image_auroc(labels, scores) -> float:
     """Image-level ROC AUC: probability that an anomalous image outscores a normal one
-    (ties count half). Equals sklearn's ``roc_auc_score``; NaN for a single-label set."""
+    (ties count half). Equals sklearn's `roc_auc_score`; NaN for a single-label set."""
     return _image_stats(labels, scores)["auroc"]
 
 
 def image_ap(labels, scores) -> float:
     """Image-level average precision (area under the exact PR curve, step rule).
-    Equals sklearn's ``average_precision_score``; NaN for a single-label set."""
+    Equals sklearn's `average_precision_score`; NaN for a single-label set."""
     return _image_stats(labels, scores)["ap"]
 
 
@@ -295,7 +295,7 @@ def _label_regions(m: np.ndarray) -> tuple[np.ndarray, int]:
 
 
 def _aupro_core(m: np.ndarray, a: np.ndarray, fpr_limit: float, ranking: _Ranking | None) -> float:
-    """Exact AUPRO on validated 3-D inputs (see ``aupro``)."""
+    """Exact AUPRO on validated 3-D inputs (see `aupro`)."""
     if not 0.0 < fpr_limit <= 1.0:
         raise ValueError(f"fpr_limit must be in (0, 1], got {fpr_limit}")
     n_neg = int(m.size - np.count_nonzero(m))
@@ -346,14 +346,14 @@ def _aupro_core(m: np.ndarray, a: np.ndarray, fpr_limit: float, ranking: _Rankin
 
 
 def aupro(masks, maps, fpr_limit: float = 0.3) -> float:
-    """Area under the per-region-overlap curve up to ``fpr_limit``, divided by ``fpr_limit``.
+    """Area under the per-region-overlap curve up to `fpr_limit`, divided by `fpr_limit`.
 
     The exact reference algorithm (Bergmann et al. 2021; MVTec's evaluation code): regions are
     8-connected components of each ground-truth mask; every distinct score is a threshold; PRO is
     the mean over all regions (of all images) of the fraction of the region above the threshold,
     FPR the fraction of anomaly-free pixels above it. Done with one descending sort and cumulative
     sums of per-pixel steps (FPR step 1/#normal pixels, PRO step 1/(|r| * #regions)), keeping the
-    last point of each tie run, starting at (0,0), trapezoid up to ``fpr_limit`` with the end point
+    last point of each tie run, starting at (0,0), trapezoid up to `fpr_limit` with the end point
     linearly interpolated. Unlike the 200-threshold variant most CLIP repositories copy, it is
     exact and not normalised by the observed FPR range. NaN if there is no anomalous region or no
     anomaly-free pixel.
