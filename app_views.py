@@ -67,15 +67,31 @@ NAME_SHOWN = 100  # characters of a class name the score panel shows (the result
 LOADED: dict[int, Detector] = {}  # by id(), filled at start: ZeroGPU's forked worker must inherit them all
 
 
-def run_model(detector: Detector, images: list, class_name: str, skip=frozenset(), ctds_samples: int = 0):
-    """The only place the model runs."""
-    return _predict(id(detector), images, class_name, skip, ctds_samples)
+def run_model(
+    detector: Detector,
+    images: list,
+    class_name: str,
+    skip=frozenset(),
+    ctds_samples: int = 0,
+    variants: list[tuple[str, Detector, frozenset]] = (),
+) -> list[Prediction]:
+    """The only place the model runs: one prediction per image or, given `variants` (Compare), one per
+    (name, detector, skip) variant of the single image, all from one backbone pass of `detector`."""
+    keyed = tuple((name, id(d), frozenset(s)) for name, d, s in variants)
+    return _predict(id(detector), images, class_name, skip, ctds_samples, keyed)
 
 
 @gpu
-def _predict(key: int, images: list, class_name: str, skip: frozenset, ctds_samples: int) -> list[Prediction]:
-    """A ZeroGPU task on Spaces: its arguments travel pickled to a forked worker, so the model goes by key."""
-    return LOADED[key].predict_batch(images, class_name, skip=skip, ctds_samples=ctds_samples)
+def _predict(
+    key: int, images: list, class_name: str, skip: frozenset, ctds_samples: int, variants: tuple
+) -> list[Prediction]:
+    """A ZeroGPU task on Spaces: its arguments travel pickled to a forked worker, so models go by key."""
+    detector = LOADED[key]
+    if variants:
+        [image] = images
+        compared = detector.compare(image, class_name, [(name, LOADED[k], s) for name, k, s in variants])
+        return [p for _, p in compared]
+    return detector.predict_batch(images, class_name, skip=skip, ctds_samples=ctds_samples)
 
 
 # ----------------------------------------------------------------------------- words and errors
@@ -461,17 +477,20 @@ class Views:
     def compare(self, image_path, class_name, threshold, opacity, scale):
         _, model = self.primary()
         image = self.image(image_path)
-        runs, missing = [], []
+        variants, missing = [], []
         if self.detector is not None:
             for name, skip, switch, module in VARIANTS:
                 if switch and not getattr(self.detector.config, switch):
                     missing.append(f"{name}: this checkpoint has no {module} module")
                     continue
-                runs.append((name, run_model(self.detector, [image], class_name, skip=skip)[0]))
+                variants.append((name, self.detector, skip))
         else:
             missing.append("the WMoE-CLIP variants need a checkpoint")
         if self.baseline is not None:
-            runs.append((BASELINE_NAME, run_model(self.baseline, [image], class_name)[0]))
+            variants.append((BASELINE_NAME, self.baseline, frozenset()))
+        first = variants[0][1]  # every variant shares the backbone: one pass serves them all
+        preds = run_model(first, [image], class_name, variants=variants)
+        runs = [(name, p) for (name, _, _), p in zip(variants, preds, strict=True)]
         maps = [p.anomaly_map for _, p in runs]
         lo, hi = (0.0, 1.0)
         if scale == "stretch":  # one scale for all: the joint min..max

@@ -33,17 +33,26 @@ def prop(config: dict, elem_id: str, key: str):
     return found[0].get(key)
 
 
-def count_forward_calls(*detectors) -> list:
+def count_model_runs(*detectors) -> list:
+    """Records ("backbone", images) for each pass of a backbone's image tower and "heads" for each run of
+    a model's learned part; detectors sharing a backbone share its record."""
     calls = []
+
+    def wrap(owner, name, entry):
+        real = getattr(owner, name)
+        setattr(owner, name, lambda x, *a, **k: calls.append(entry(x)) or real(x, *a, **k))
+
+    for bb in {id(d.model.backbone): d.model.backbone for d in detectors}.values():
+        wrap(bb, "encode_image", lambda images: ("backbone", images.shape[0]))
     for d in detectors:
-        d.model.register_forward_pre_hook(lambda module, args: calls.append(module))
+        wrap(d.model, "heads", lambda features: "heads")
     return calls
 
 
 @pytest.fixture(scope="module")
 def served(tiny_checkpoint):
     detector, baseline, notices = app.load_models(str(tiny_checkpoint))
-    calls = count_forward_calls(detector, baseline)
+    calls = count_model_runs(detector, baseline)
     demo, url = serve(detector, baseline, notices)
     yield SimpleNamespace(url=url, calls=calls, detector=detector)
     demo.close()
@@ -137,7 +146,7 @@ def test_compare_puts_the_variants_side_by_side(client, served, image_file):
         "training-free CLIP baseline",
     ]
     assert [g["caption"].split(":")[0] for g in gallery] == names
-    assert len(served.calls) == calls + 5
+    assert served.calls[calls:] == [("backbone", 1)] + ["heads"] * 5  # one backbone pass for the 5 variants
     scores = [float(g["caption"].rsplit(" ", 1)[1]) for g in gallery]
     assert all(0 <= s <= 1 for s in scores) and len(set(scores)) > 1  # the variants really differ
     assert all(Image.open(g["image"]).size == (173, 121) for g in gallery)
@@ -176,10 +185,17 @@ def test_gpu_task_gets_plain_arguments(served, image_file, monkeypatch):
     sent, task = [], app_views._predict
     monkeypatch.setattr(app_views, "_predict", lambda *args: sent.append(args) or task(*args))
     app_views.Views(served.detector, None).analyze(str(image_file), "brick wall", 0.5, 0.5, "fixed", True)
-    [(key, images, class_name, skip, samples)] = sent
+    [(key, images, class_name, skip, samples, variants)] = sent
     assert app_views.LOADED[key] is served.detector
     assert all(isinstance(im, Image.Image) for im in images) and class_name == "brick wall"
-    assert skip == frozenset() and samples == app_views.CTDS_SAMPLES
+    assert skip == frozenset() and samples == app_views.CTDS_SAMPLES and variants == ()
+    sent.clear()
+    app_views.Views(served.detector, None).compare(str(image_file), "brick wall", 0.5, 0.5, "fixed")
+    [(key, images, class_name, _, _, variants)] = sent
+    assert app_views.LOADED[key] is served.detector and len(images) == 1
+    assert [(name, app_views.LOADED[k], s) for name, k, s in variants] == [
+        (name, served.detector, skip) for name, skip, _, _ in app_views.VARIANTS
+    ]
 
 
 def test_untrained_checkpoint_shows_its_banner_and_serving_limits(served):

@@ -6,8 +6,10 @@ visual projection into the joint space (the AnomalyCLIP convention); text tower 
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
+from collections.abc import Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -131,25 +133,49 @@ class Backbone(nn.Module):
         depth = len(visual.transformer.resblocks)
         if max(config.layers) > depth:
             raise ConfigError(f"layers {config.layers} exceed the {depth} blocks of {config.backbone}")
-        self.layer_indices = [i - 1 for i in config.layers]
+        self.name, self.image_size, self.depth = config.backbone, config.image_size, depth
+        self.layers = config.layers
         self.grid = tuple(visual.grid_size)
         self.embed_dim = self.clip.text_projection.shape[-1]
         self.text_width = self.clip.token_embedding.weight.shape[-1]
         self.context_length = self.clip.context_length
         self.mean = tuple(visual.preprocess_cfg.get("mean", open_clip.OPENAI_DATASET_MEAN))
         self.std = tuple(visual.preprocess_cfg.get("std", open_clip.OPENAI_DATASET_STD))
+        self._fingerprint: str | None = None
 
     def train(self, mode: bool = True):
         """The backbone is frozen: it stays in eval mode whatever the parent does."""
         return super().train(False)
 
-    def encode_image(self, images: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
-        """(global embedding (B, D), [patch tokens (B, N, D) per tapped layer]) in the joint space."""
+    def encode_image(
+        self, images: torch.Tensor, layers: Sequence[int] | None = None
+    ) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """(global embedding (B, D), [patch tokens (B, N, D) per tapped layer]) in the joint space.
+
+        layers: 1-based blocks to tap, in this order; the configured ones by default.
+        """
+        layers = self.layers if layers is None else tuple(int(k) for k in layers)
+        if not layers or min(layers) < 1 or max(layers) > self.depth:
+            raise ConfigError(f"layers {list(layers)} are not blocks 1..{self.depth} of {self.name}")
         visual = self.clip.visual
         with no_mha_fastpath():
-            out = visual.forward_intermediates(images, indices=self.layer_indices, output_fmt="NLC")
+            out = visual.forward_intermediates(images, indices=[k - 1 for k in layers], output_fmt="NLC")
         taps = [visual.ln_post(t) @ visual.proj for t in out["image_intermediates"]]
         return out["image_features"], taps
+
+    def fingerprint(self) -> str:
+        """A hash of the image tower's weights (names, shapes, dtypes, bytes); computed once, then kept.
+
+        Two backbones with the same fingerprint, input size and normalisation compute the same image
+        features, whatever object or file they came from (a random backbone is identified by its weights).
+        """
+        if self._fingerprint is None:
+            digest = hashlib.sha256()
+            for key, tensor in self.clip.visual.state_dict().items():
+                digest.update(f"{key}|{tuple(tensor.shape)}|{tensor.dtype}|".encode())
+                digest.update(tensor.detach().to("cpu").contiguous().reshape(-1).view(torch.uint8).numpy())
+            self._fingerprint = digest.hexdigest()
+        return self._fingerprint
 
     def embed_tokens(self, ids: torch.Tensor) -> torch.Tensor:
         """Token plus position embeddings for token ids (S, T)."""

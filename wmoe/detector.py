@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -15,8 +15,9 @@ import torch.nn.functional as F
 from .backbone import Backbone
 from .checkpoint import load_model, push_to_hub, save_pretrained
 from .config import DEFAULT_CLASS, WMoEConfig
+from .features import BackboneFeatures, FeatureMismatchError
 from .model import WMoECLIP
-from .precision import resolve_dtype
+from .precision import dtype_name, resolve_dtype
 from .preprocess import ImageInput, load_image, to_tensor
 
 
@@ -51,6 +52,21 @@ class Prediction:
             "timings": {k: round(v, 4) for k, v in self.timings.items()},
             "notes": self.notes,
         }
+
+
+@dataclass(frozen=True)
+class EncodedBatch:
+    """Loaded images after the backbone: what `Detector.predict_encoded` needs, on one device and precision."""
+
+    features: BackboneFeatures
+    sizes: list[tuple[int, int]]  # (H, W) of each loaded image: the maps are resized back to these
+    backbone: Backbone  # the backbone that computed the features
+    device: torch.device
+    dtype: torch.dtype  # autocast precision of the pass (fp32 = none)
+    timings: dict[str, float]  # seconds of preprocess and backbone
+
+    def __len__(self) -> int:
+        return len(self.sizes)
 
 
 def default_device() -> torch.device:
@@ -136,26 +152,87 @@ class Detector:
         ctds_samples: int | None = None,
     ) -> list[Prediction]:
         """Several images through one backbone batch; class_names is one name for all, or one per image."""
-        names = [class_names] * len(images) if isinstance(class_names, str) else list(class_names)
-        if len(names) != len(images):
-            raise ValueError(f"{len(images)} images but {len(names)} class names")
+        self._names(class_names, len(images))
+        return self.predict_encoded(self.encode(images), class_names, skip=skip, ctds_samples=ctds_samples)
+
+    @torch.inference_mode()
+    def encode(self, images: Sequence[ImageInput], *, layers: Iterable[int] | None = None) -> EncodedBatch:
+        """Load and preprocess images, run the frozen backbone once: features any variant can reuse.
+
+        layers: blocks to tap; this model's own by default. Give the union of several detectors' layers
+        to serve them all from one pass (see `compare`).
+        """
         timings: dict[str, float] = {}
         start = time.perf_counter()
         pils = [load_image(im) for im in images]
-        notes = [[] for _ in pils]
-        names = [self._clean_name(n, note) for n, note in zip(names, notes, strict=True)]
-        cfg, bb = self.config, self.model.backbone
-        x = torch.stack([to_tensor(im, cfg.image_size, bb.mean, bb.std) for im in pils]).to(self.device)
+        bb = self.model.backbone
+        x = torch.stack([to_tensor(im, bb.image_size, bb.mean, bb.std) for im in pils]).to(self.device)
         timings["preprocess"] = time.perf_counter() - start
+        with self._autocast():
+            features = self.model.encode(x, layers, timings=timings)
+        return EncodedBatch(features, [im.size[::-1] for im in pils], bb, self.device, self.dtype, timings)
+
+    @torch.inference_mode()
+    def predict_encoded(
+        self,
+        encoded: EncodedBatch,
+        class_names: str | Sequence[str] = DEFAULT_CLASS,
+        *,
+        skip: frozenset[str] = frozenset(),
+        ctds_samples: int | None = None,
+    ) -> list[Prediction]:
+        """This detector's heads on features from `encode` (its own, or another detector's on the same backbone).
+
+        Raises FeatureMismatchError when the features come from another backbone (weights, input size or
+        normalisation), lack a block this model taps, or were computed on another device or precision.
+        """
+        names = self._names(class_names, len(encoded.sizes))
+        self._check_shared(encoded)
+        notes = [[] for _ in names]
+        names = [self._clean_name(n, note) for n, note in zip(names, notes, strict=True)]
+        timings = dict(encoded.timings)
         samples = self.ctds_samples if ctds_samples is None else ctds_samples
-        with torch.autocast(self.device.type, dtype=self.dtype, enabled=self.dtype != torch.float32):
-            out = self.model(x, names, skip=skip, ctds_samples=samples, timings=timings)
+        with self._autocast():
+            out = self.model.heads(encoded.features, names, skip=skip, ctds_samples=samples, timings=timings)
         t0 = time.perf_counter()
-        preds = [self._prediction(out, i, im.size[::-1], names[i], notes[i]) for i, im in enumerate(pils)]
+        preds = [self._prediction(out, i, size, names[i], notes[i]) for i, size in enumerate(encoded.sizes)]
         timings["postprocess"] = time.perf_counter() - t0
         for p in preds:
             p.timings = dict(timings)
         return preds
+
+    def compare(
+        self, image: ImageInput, class_name: str, variants: Sequence[tuple[str, Detector, frozenset[str]]]
+    ) -> list[tuple[str, Prediction]]:
+        """Several (name, detector, skip) variants of one image for one backbone pass (this detector's).
+
+        Every variant's detector must share this one's backbone (`Detector.training_free(backbone=...)`).
+        """
+        layers = set(self.config.layers).union(*(d.config.layers for _, d, _ in variants))
+        for _, d, _ in variants:  # before paying the backbone pass
+            check_same_backbone(self.model.backbone, d.model.backbone)
+        encoded = self.encode([image], layers=layers)
+        return [(name, d.predict_encoded(encoded, class_name, skip=skip)[0]) for name, d, skip in variants]
+
+    def _autocast(self):
+        return torch.autocast(self.device.type, dtype=self.dtype, enabled=self.dtype != torch.float32)
+
+    @staticmethod
+    def _names(class_names: str | Sequence[str], n: int) -> list[str]:
+        names = [class_names] * n if isinstance(class_names, str) else list(class_names)
+        if len(names) != n:
+            raise ValueError(f"{n} images but {len(names)} class names")
+        return names
+
+    def _check_shared(self, encoded: EncodedBatch):
+        """Refuse features that are not exactly what this detector's own `encode` would compute."""
+        if (encoded.device, encoded.dtype) != (self.device, self.dtype):
+            raise FeatureMismatchError(
+                f"features computed on {encoded.device} in {dtype_name(encoded.dtype)} cannot serve a "
+                f"detector on {self.device} in {dtype_name(self.dtype)}: load both on one device and precision"
+            )
+        check_same_backbone(encoded.backbone, self.model.backbone)
+        encoded.features.taps(self.config.layers)
 
     def _clean_name(self, name, notes: list[str]) -> str:
         name = " ".join(str(name if name is not None else "").split())
@@ -194,3 +271,22 @@ class Detector:
         if out.uncertainty_map is not None:
             pred.uncertainty_map = resize(out.uncertainty_map[i][None])[0]
         return pred
+
+
+def check_same_backbone(mine: Backbone, theirs: Backbone):
+    """Raise FeatureMismatchError unless both compute the same image features (same object, or the same
+    name, input size, normalisation and image-tower weights)."""
+    if mine is theirs:
+        return
+    same = (mine.name, mine.image_size, mine.mean, mine.std) == (
+        theirs.name,
+        theirs.image_size,
+        theirs.mean,
+        theirs.std,
+    )
+    if not same or mine.fingerprint() != theirs.fingerprint():
+        raise FeatureMismatchError(
+            f"features of backbone {mine.name} at {mine.image_size} px cannot serve a model on "
+            f"{theirs.name} at {theirs.image_size} px{' with other weights' if same else ''}: "
+            "share one backbone (`Detector.training_free(backbone=...)`) or encode with each detector"
+        )

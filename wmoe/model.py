@@ -8,6 +8,7 @@ skipped per call (`skip=`) so one loaded model serves the ablations of the Compa
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -18,6 +19,7 @@ from .anomaly_map import abnormal_logits, gaussian_blur, upsample
 from .backbone import Backbone
 from .config import WMoEConfig
 from .ctds import CTDS
+from .features import BackboneFeatures, FeatureMismatchError
 from .patch_projection import PatchProjection
 from .prompts import PromptLearner
 from .samoe import SAMoE
@@ -76,7 +78,44 @@ class WMoECLIP(nn.Module):
         ctds_samples: int = 0,
         timings: dict[str, float] | None = None,
     ) -> WMoEOutput:
-        """images (B, 3, S, S) normalised for CLIP; one class name per image.
+        """images (B, 3, S, S) normalised for CLIP; one class name per image: `heads(encode(images))`."""
+        return self.heads(
+            self.encode(images, timings=timings),
+            class_names,
+            skip=skip,
+            ctds_samples=ctds_samples,
+            timings=timings,
+        )
+
+    def encode(
+        self,
+        images: torch.Tensor,
+        layers: Sequence[int] | None = None,
+        timings: dict[str, float] | None = None,
+    ) -> BackboneFeatures:
+        """The frozen part: the backbone's features of images (B, 3, S, S).
+
+        layers: blocks to tap (1-based); this model's own by default, or a superset shared with
+        other models on the same backbone.
+        """
+        clock = _Clock(timings, images.device)
+        layers = self.config.layers if layers is None else tuple(sorted(set(layers)))
+        g, taps = self.backbone.encode_image(images, layers)
+        clock.tick("backbone")
+        return BackboneFeatures(
+            g, dict(zip(layers, taps, strict=True)), self.backbone.grid, tuple(images.shape[-2:])
+        )
+
+    def heads(
+        self,
+        features: BackboneFeatures,
+        class_names: list[str],
+        *,
+        skip: frozenset[str] | set[str] = frozenset(),
+        ctds_samples: int = 0,
+        timings: dict[str, float] | None = None,
+    ) -> WMoEOutput:
+        """The learned part on backbone features; one class name per image.
 
         skip: modules to bypass in this call ("ctds", "wcma", "projection", "moe", "routing" =
         uniform expert weights). ctds_samples: extra latent samples for the uncertainty map.
@@ -84,10 +123,14 @@ class WMoECLIP(nn.Module):
         unknown = set(skip) - SKIPPABLE
         if unknown:
             raise ValueError(f"unknown modules to skip {sorted(unknown)}; choose from {sorted(SKIPPABLE)}")
-        clock = _Clock(timings, images.device)
-        cfg, H, W = self.config, images.shape[-2], images.shape[-1]
-        g, taps = self.backbone.encode_image(images)
-        clock.tick("backbone")
+        if features.grid != self.backbone.grid:
+            raise FeatureMismatchError(
+                f"features on a {features.grid} patch grid; this model's backbone has {self.backbone.grid}"
+            )
+        g = features.embedding
+        clock = _Clock(timings, g.device)
+        cfg, (H, W) = self.config, features.image_size
+        taps = features.taps(cfg.layers)
 
         if self.projection is not None and "projection" not in skip:
             taps = self.projection(taps)
