@@ -27,6 +27,7 @@ from PIL import Image
 
 from wmoe import Detector, ImageError, Prediction
 from wmoe.checkpoint import includes_backbone
+from wmoe.precision import dtype_name
 from wmoe.preprocess import load_image
 from wmoe.render import colorize, map_to_png16, overlay, routing_chart
 
@@ -392,7 +393,7 @@ class Views:
                 pred.expert_weights, pred.expert_scores, title="SA-MoE routing (this image)"
             )
             chart = png(chart, self.scratch.new() / "routing.png")
-        dtype = str(detector.dtype).replace("torch.", "")
+        dtype = dtype_name(detector.dtype)
         timings = (
             f"**Time per stage** on `{detector.device}` ({dtype}): "
             + ", ".join(f"{k} {v * 1000:.1f} ms" for k, v in pred.timings.items())

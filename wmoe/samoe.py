@@ -24,7 +24,6 @@ class MoEOutput:
     score: torch.Tensor  # (B,) routed mixture of the expert scores, in [0, 1]
     weights: torch.Tensor  # (B, E) routing weights, rows sum to 1
     expert_scores: torch.Tensor  # (B, E) each expert's own score, in [0, 1]
-    expert_logits: torch.Tensor  # (B, E)
     expert_maps: torch.Tensor  # (B, E, h, w) each expert's attention over the patch grid, rows sum to 1
 
 
@@ -82,7 +81,6 @@ class SAMoE(nn.Module):
             score=(weights * scores).sum(-1),
             weights=weights,
             expert_scores=scores,
-            expert_logits=logits,
             expert_maps=attn.unflatten(-1, (h, w)),
         )
 
