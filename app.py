@@ -223,9 +223,18 @@ def build_app(
                         visible=not can_run,
                     )
                     ex = examples_for(examples, [image, class_name], "examples")
+                    gr.Markdown(
+                        "**Overlay**: at the image's own resolution, white outline at the threshold. "
+                        "**Expert maps**: where each expert attended, each scaled to its own maximum. "
+                        "**Layer maps**: one per tapped CLIP layer, on the colour scale chosen. "
+                        f"**Uncertainty**: standard deviation over {CTDS_SAMPLES} CTDS samples "
+                        "(tick CTDS sampling), fixed scale 0..0.5. **Downloads**: the raw map as a "
+                        "16-bit PNG and .npy, and the result as JSON.",
+                        elem_id="legend",
+                    )
                 with gr.Column(scale=3):
                     overlay = gr.Image(
-                        label="Overlay at the image's own resolution (white outline: threshold)",
+                        label="Overlay",
                         type="pil",
                         format="png",
                         elem_id="overlay",
@@ -238,7 +247,7 @@ def build_app(
                     scale = gr.Radio(SCALES, value="fixed", label="Colour scale")
             with gr.Row():
                 routing = gr.Image(
-                    label="SA-MoE routing",
+                    label="Routing",
                     type="pil",
                     format="png",
                     elem_id="routing",
@@ -250,14 +259,14 @@ def build_app(
                 )
                 with gr.Column(scale=3):
                     downloads = gr.File(
-                        label="Downloads: raw map (16-bit PNG, .npy) and the result (JSON)",
+                        label="Downloads",
                         file_count="multiple",
                         interactive=False,
                         elem_id="downloads",
                     )
                     timings = gr.Markdown(label="Timings", elem_id="timings")
             experts = gr.Gallery(
-                label="Expert maps: where each expert attended (each scaled to its own max)",
+                label="Expert maps",
                 format="png",
                 columns=4,
                 height=360,
@@ -266,7 +275,7 @@ def build_app(
             )
             with gr.Row():
                 layers = gr.Gallery(
-                    label="Per-layer maps (colour scale as chosen above)",
+                    label="Layer maps",
                     format="png",
                     columns=4,
                     height=240,
@@ -275,8 +284,7 @@ def build_app(
                     object_fit="contain",
                 )
                 uncertainty = gr.Image(
-                    label=f"Uncertainty: std over {CTDS_SAMPLES} CTDS samples (needs CTDS "
-                    "sampling; fixed scale 0..0.5)",
+                    label="Uncertainty",
                     type="pil",
                     format="png",
                     interactive=False,
@@ -291,13 +299,21 @@ def build_app(
             run.click(views.analyze, inputs, outputs, api_name="analyze", **on_model)
             if ex is not None and can_run:  # clicking an example runs it
                 ex.load_input_event.then(views.analyze, inputs, outputs, api_visibility="private", **on_model)
+            result_json = gr.JSON(label="result", visible=False)  # the compact endpoint, API only
+            gr.Button(visible=False).click(
+                views.predict_json,
+                [image, class_name, threshold],
+                result_json,
+                api_name="predict_json",
+                **on_model,
+            )
             redrawn = [overlay, score, experts, layers, uncertainty, downloads]
             gr.on(
                 [threshold.change, opacity.change, scale.change],
                 views.render,
                 [state, threshold, opacity, scale],
                 redrawn,
-                api_name="render",
+                api_visibility="private",  # a page-internal redraw, no tool for scripts or agents
                 show_progress="hidden",
                 trigger_mode="always_last",
             )
@@ -319,13 +335,13 @@ def build_app(
                     examples_for(examples, [c_image, c_class], "compare-examples")
                 with gr.Column(scale=3):
                     c_gallery = gr.Gallery(
-                        label="Variants (caption: image score)",
+                        label="Variants",  # each captioned with its image score
                         format="png",
                         columns=3,
                         height=680,
                         elem_id="compare-gallery",
                     )
-                    c_table = gr.Markdown(elem_id="compare-scores")
+                    c_table = gr.Markdown(label="Scores", elem_id="compare-scores")
             c_run.click(
                 views.compare,
                 [c_image, c_class, c_threshold, c_opacity, c_scale],
@@ -352,18 +368,16 @@ def build_app(
                     b_run = gr.Button(
                         "Score all", variant="primary", elem_id="batch-run", interactive=can_run
                     )
-                    b_csv = gr.File(
-                        label="CSV: scores and expert weights", interactive=False, elem_id="batch-csv"
-                    )
+                    b_csv = gr.File(label="CSV", interactive=False, elem_id="batch-csv")
                 with gr.Column(scale=3):
                     b_gallery = gr.Gallery(
-                        label="Sorted by score (highest first)",
+                        label="Gallery",
                         format="png",
                         columns=4,
                         height=520,
                         elem_id="batch-gallery",
                     )
-                    b_summary = gr.Markdown(elem_id="batch-summary")
+                    b_summary = gr.Markdown(label="Summary", elem_id="batch-summary")
             b_run.click(
                 views.batch,
                 [b_files, b_class, b_threshold],
@@ -383,9 +397,11 @@ def launch(
     block: bool = True,
     quiet: bool = False,
     max_queue: int = 32,
+    mcp: bool = False,
 ):
     """A queue with a concurrency limit and at most `max_queue` waiting requests (more are refused with
-    "queue is full"), an upload size limit, no share link; gradio's (app, url, share)."""
+    "queue is full"), an upload size limit, no share link, and with `mcp` gradio's MCP server (each
+    public endpoint a tool, at /gradio_api/mcp/); gradio's (app, url, share)."""
     demo.queue(default_concurrency_limit=concurrency, max_size=max_queue)
     return demo.launch(
         server_name=host,
@@ -397,6 +413,7 @@ def launch(
         css=CSS,
         prevent_thread_lock=not block,
         quiet=quiet,
+        mcp_server=mcp,
     )
 
 
@@ -429,6 +446,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     )
     p.add_argument("--concurrency", type=int, default=1, help="model runs at the same time (default 1)")
     p.add_argument("--max-file-size", default="50mb", help="upload size limit (default 50mb)")
+    p.add_argument(
+        "--mcp",
+        action="store_true",
+        default=os.environ.get("WMOE_MCP", "").lower() in ("1", "true", "yes"),
+        help="also serve the public endpoints as MCP tools at /gradio_api/mcp/ (default: $WMOE_MCP=1)",
+    )
     args = p.parse_args(argv)
     if args.concurrency < 1:
         p.error("--concurrency must be at least 1")
@@ -447,6 +470,7 @@ def main(argv=None):
         args.port,
         args.concurrency,
         args.max_file_size,
+        mcp=args.mcp,
     )
 
 

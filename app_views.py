@@ -7,10 +7,12 @@ Every number comes from `wmoe.Detector`; this module turns `Prediction`s into wh
 from __future__ import annotations
 
 import atexit
+import base64
 import csv
 import dataclasses
 import functools
 import html
+import io
 import json
 import logging
 import re
@@ -373,7 +375,35 @@ class Views:
 
     # -- Analyze
     @user_errors
-    def analyze(self, image_path, class_name, threshold, opacity, scale, sample_ctds):
+    def analyze(
+        self,
+        image_path: str,
+        class_name: str,
+        threshold: float,
+        opacity: float,
+        scale: str,
+        sample_ctds: bool,
+    ):
+        """Find where an object in a photo is abnormal: heatmap overlay, score, SA-MoE routing, maps.
+
+        Args:
+            image_path (str): the image to analyse (PNG, JPEG, TIFF, BMP, GIF, WebP...).
+            class_name (str): what the object is, in a few words (e.g. "screw", "brain MRI").
+            threshold (float): 0..1; outlines the map's region at or above it; decides normal / anomalous.
+            opacity (float): 0..1, how strongly the heatmap covers the image.
+            scale (str): "fixed" (0..1, comparable across images) or "stretch" (this image's min..max).
+            sample_ctds (bool): also sample 8 CTDS prompts and return the map's standard deviation.
+
+        Returns:
+            overlay: the heatmap over the image, at the image's own size
+            score: Markdown with the score, the decision at the threshold and notes
+            routing: chart of each expert's routing weight and own score (none without SA-MoE)
+            expert maps: where each expert attended, captioned with its weight and score
+            layer maps: one map per tapped CLIP layer
+            uncertainty: the map's standard deviation over CTDS samples (none unless asked for)
+            timings: Markdown, seconds per stage
+            downloads: the map as a 16-bit PNG and as .npy, and the result as JSON
+        """
         detector, model = self.primary()
         image = self.image(image_path)
         pred = run_model(detector, [image], class_name, ctds_samples=CTDS_SAMPLES if sample_ctds else 0)[0]
@@ -403,8 +433,27 @@ class Views:
         return shown, score, chart, experts, layers, uncertainty, timings, files, result
 
     @user_errors
-    def render(self, result: Result | None, threshold, opacity, scale):
-        """Everything that depends on the display settings, drawn from the stored prediction only."""
+    def predict_json(self, image_path: str, class_name: str, threshold: float) -> dict:
+        """Score one image and return everything as one compact JSON object, map included (for scripts).
+
+        Args:
+            image_path (str): the image to analyse (PNG, JPEG, TIFF, BMP, GIF, WebP...).
+            class_name (str): what the object is, in a few words (e.g. "screw").
+            threshold (float): 0..1; the image is called anomalous when its score is at or above it.
+
+        Returns:
+            result: score, decision, threshold, class_name, cls_score, moe_score, expert_weights, expert_scores,
+            image_size [height, width], notes, model, and anomaly_map_png16: the map at the image's size
+            as a base64 16-bit grayscale PNG (pixel / 65535 = probability)
+        """
+        detector, model = self.primary()
+        pred = run_model(detector, [self.image(image_path)], class_name)[0]
+        return result_json(pred, threshold, model) | {"anomaly_map_png16": png16_base64(pred.anomaly_map)}
+
+    @user_errors
+    def render(self, result: Result | None, threshold: float, opacity: float, scale: str):
+        """Everything that depends on the display settings, drawn from the stored prediction only (an
+        internal event of the page, not a public endpoint)."""
         if result is None:  # settings moved before the first run: nothing to redraw
             return tuple(gr.skip() for _ in range(6))
         p, small, stretch = result.pred, result.small, scale == "stretch"
@@ -463,19 +512,27 @@ class Views:
             map_to_png16(result.pred.anomaly_map).save(png16)
             np.save(npy, result.pred.anomaly_map)
             result.map_files = [png16, npy]
-        doc = {
-            **result.pred.to_dict(),
-            "threshold": threshold,
-            "decision": decision(result.pred.score, threshold),
-            "model": result.model,
-        }
         path = folder / f"{result.stem}_result.json"
-        path.write_text(json.dumps(doc, indent=2))
+        path.write_text(json.dumps(result_json(result.pred, threshold, result.model), indent=2))
         return [str(f) for f in result.map_files] + [str(path)]
 
     # -- Compare
     @user_errors
-    def compare(self, image_path, class_name, threshold, opacity, scale):
+    def compare(self, image_path: str, class_name: str, threshold: float, opacity: float, scale: str):
+        """One image through the WMoE-CLIP variants (full; without WCMA; without CTDS; uniform routing)
+        and the training-free CLIP baseline, side by side on one colour scale.
+
+        Args:
+            image_path (str): the image to analyse (PNG, JPEG, TIFF, BMP, GIF, WebP...).
+            class_name (str): what the object is, in a few words (e.g. "screw").
+            threshold (float): 0..1; outlines each map's region at or above it and decides each variant.
+            opacity (float): 0..1, how strongly the heatmaps cover the image.
+            scale (str): "fixed" (0..1) or "stretch" (the joint min..max of all the maps shown).
+
+        Returns:
+            variants: one overlay per variant, captioned with its image score
+            scores: Markdown table of each variant's score, decision, CLS and SA-MoE scores
+        """
         _, model = self.primary()
         image = self.image(image_path)
         variants, missing = [], []
@@ -535,7 +592,26 @@ class Views:
 
     # -- Batch
     @user_errors
-    def batch(self, paths, class_name, threshold, progress=gr.Progress()):  # noqa: B008 (gradio's way)
+    def batch(
+        self,
+        paths: list[str],
+        class_name: str,
+        threshold: float,
+        progress=gr.Progress(),  # noqa: B008 (gradio's way)
+    ):
+        """Score several images, or .zip files of images, of one kind of object (at most
+        100 per request; the rest are listed as not processed).
+
+        Args:
+            paths (list[str]): the images, or .zip files of images.
+            class_name (str): what the objects are, in a few words (e.g. "screw").
+            threshold (float): 0..1; images scoring at or above it are called anomalous.
+
+        Returns:
+            gallery: overlays sorted by score, highest first
+            summary: Markdown, with the files that could not be read and why
+            csv: file, score, decision, CLS and SA-MoE scores, each expert's weight and score
+        """
         detector, model = self.primary()
         if not paths:
             raise user_error("Choose some images (or a .zip of images) first.", title="No files")
@@ -594,6 +670,23 @@ def csv_cell(value) -> str:
     if text[:1] in ("\t", "\r", "\n") or text.lstrip()[:1] in FORMULA_START:
         return "'" + text
     return text
+
+
+def result_json(pred: Prediction, threshold: float, model: dict) -> dict:
+    """The result as the JSON download and the `predict_json` endpoint give it (no maps)."""
+    return {
+        **pred.to_dict(),
+        "threshold": threshold,
+        "decision": decision(pred.score, threshold),
+        "model": model,
+    }
+
+
+def png16_base64(amap: np.ndarray) -> str:
+    """A [0, 1] map as a base64 16-bit grayscale PNG."""
+    buffer = io.BytesIO()
+    map_to_png16(amap).save(buffer, format="png")
+    return base64.b64encode(buffer.getvalue()).decode("ascii")
 
 
 def write_csv(path: Path, rows, errors, threshold: float, model: dict):

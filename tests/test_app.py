@@ -1,12 +1,15 @@
 """The Gradio demo, served on 127.0.0.1 and queried with gradio_client as a user's script would be."""
 
+import base64
 import csv
 import io
 import json
 import os
+import re
 import subprocess
 import sys
 import time
+import urllib.request
 import zipfile
 from pathlib import Path
 from types import SimpleNamespace
@@ -99,17 +102,67 @@ def test_analyze_outputs(client, served, image_file):
     assert all(stage in timings for stage in ("backbone", "wcma", "moe", "total"))
 
 
-def test_display_changes_redraw_without_running_the_model(client, served, image_file):
-    first = analyze(client, image_file)
+def test_display_changes_redraw_without_running_the_model(served, image_file):
+    """The page's redraw event (private: no endpoint for clients) draws from the stored prediction."""
+    views = app_views.Views(served.detector, None)
+    first = views.analyze(str(image_file), "brick wall", 0.5, 0.5, "fixed", False)
     calls = len(served.calls)
-    again = client.predict(0.2, 0.9, "stretch", api_name="/render")
+    overlay, score_md, experts, layers, uncertainty, downloads = views.render(first[-1], 0.2, 0.9, "stretch")
     assert len(served.calls) == calls  # the stored prediction was redrawn; the model did not run
-    overlay, score_md, experts, layers, uncertainty, downloads = again
     assert not np.array_equal(np.asarray(Image.open(overlay)), np.asarray(Image.open(first[0])))
     assert "threshold 0.20" in score_md and "stretched per image" in score_md
     result = json.loads(Path(next(f for f in downloads if f.endswith(".json"))).read_text())
     before = json.loads(Path(first[7][2]).read_text())
     assert result["threshold"] == 0.2 and result["score"] == before["score"]
+
+
+PUBLIC = {"/analyze", "/compare", "/batch", "/predict_json"}
+
+
+def test_public_api_is_the_four_tools_with_short_names(client):
+    api = client.view_api(return_format="dict", print_info=False)
+    assert set(api["named_endpoints"]) == PUBLIC and not api["unnamed_endpoints"]
+    for endpoint in api["named_endpoints"].values():
+        names = [r["label"] for r in endpoint["returns"]] + [
+            a["parameter_name"] for a in endpoint["parameters"]
+        ]
+        assert all(n and len(n) <= 20 and not re.fullmatch(r"value_\d+", n) for n in names), names
+    with pytest.raises(ValueError, match="render"):  # the redraw event is page-internal
+        client.predict(0.2, 0.9, "stretch", api_name="/render")
+
+
+def test_predict_json_returns_scores_routing_and_the_16_bit_map(client, served, image_file):
+    result = client.predict(handle_file(str(image_file)), "brick wall", 0.3, api_name="/predict_json")
+    assert result["decision"] == ("anomalous" if result["score"] >= 0.3 else "normal")
+    assert result["threshold"] == 0.3 and result["class_name"] == "brick wall"
+    assert len(result["expert_weights"]) == len(result["expert_scores"]) == served.detector.config.num_experts
+    assert sum(result["expert_weights"]) == pytest.approx(1.0, abs=1e-4)
+    png16 = Image.open(io.BytesIO(base64.b64decode(result["anomaly_map_png16"])))
+    assert png16.mode.startswith("I;16") and png16.size == (173, 121)
+    direct = served.detector.predict(Image.open(image_file), "brick wall")
+    np.testing.assert_allclose(np.asarray(png16, dtype=np.float64) / 65535, direct.anomaly_map, atol=1e-4)
+    assert result["score"] == pytest.approx(direct.score, abs=1e-6) and result["model"]["trained"] is False
+
+
+def test_mcp_server_lists_each_public_endpoint_as_a_described_tool(tiny_checkpoint):
+    demo, url = serve(*app.load_models(str(tiny_checkpoint)), mcp=True)
+    try:
+        with urllib.request.urlopen(url + "gradio_api/mcp/schema", timeout=30) as r:
+            tools = {t["name"]: t for t in json.load(r)}
+    finally:
+        demo.close()
+    assert set(tools) == {name.lstrip("/") for name in PUBLIC}
+    for tool in tools.values():
+        first_line = getattr(app_views.Views, tool["name"]).__doc__.splitlines()[0]
+        assert tool["description"].startswith(first_line) and "Returns: " in tool["description"]
+        params = tool["inputSchema"]["properties"]
+        assert params and all(len(p.get("description", "")) > 10 for p in params.values()), params
+
+
+def test_mcp_flag_and_space_variable(monkeypatch):
+    assert app.parse_args(["--mcp"]).mcp and not app.parse_args([]).mcp
+    monkeypatch.setenv("WMOE_MCP", "1")
+    assert app.parse_args([]).mcp
 
 
 def test_ctds_sampling_gives_an_uncertainty_map(client, image_file):
