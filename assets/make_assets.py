@@ -2,10 +2,10 @@
 
     python -m assets.make_assets
 
-Every picture comes from scikit-image's bundled CC0 data (``skimage.data``): real textures (brick,
+Every picture comes from scikit-image's bundled CC0 data (`skimage.data`): real textures (brick,
 grass, gravel) and a fundus photograph (retina) with a synthetic defect drawn by
-``training.synthetic.draw_defect`` and its exact mask; plus untouched good images and, when scikit-image
-ships it, the CC0 ``microaneurysms`` crop (real lesions, no mask). Nothing is downloaded.
+`training.synthetic.draw_defect` and its exact mask; plus untouched good images and, when scikit-image
+ships it, the CC0 `microaneurysms` crop (real lesions, no mask). Nothing is downloaded.
 """
 
 from __future__ import annotations

@@ -1,16 +1,16 @@
 """Speed and agreement of wmoe.metrics against the usual alternatives, on synthetic maps.
 
 Measures, interleaved in one run (ours, then the alternative, per repeat):
-- ``aupro``: our exact one-sort AUPRO vs the "200 thresholds" AUPRO most CLIP anomaly repositories
+- `aupro`: our exact one-sort AUPRO vs the "200 thresholds" AUPRO most CLIP anomaly repositories
   use (200 thresholds, masks relabelled at every threshold, FPR < 0.3 kept and rescaled by its
-  observed range, sklearn ``auc``; our own re-implementation of that recipe). That variant is slow, so it is timed on
-  the first ``--ref-n`` maps and its time scaled linearly to ``--n`` (its cost is linear in the
+  observed range, sklearn `auc`; our own re-implementation of that recipe). That variant is slow, so it is timed on
+  the first `--ref-n` maps and its time scaled linearly to `--n` (its cost is linear in the
   number of maps); the JSON says so. Values are compared on that same subset.
-- ``pixel_auroc``: ours vs sklearn ``roc_auc_score`` on all pixels.
-- ``aupro_exact``: ours vs a brute-force exact AUPRO (one binarisation per distinct score) on a
+- `pixel_auroc`: ours vs sklearn `roc_auc_score` on all pixels.
+- `aupro_exact`: ours vs a brute-force exact AUPRO (one binarisation per distinct score) on a
   small subset (default 5 maps of 64x64), to show the fast path computes the same curve.
 
-Prints one JSON line per measurement. Example: ``python -m benchmarks.metrics_speed --n 200``.
+Prints one JSON line per measurement. Example: `python -m benchmarks.metrics_speed --n 200`.
 """
 
 from __future__ import annotations

@@ -1,21 +1,21 @@
-"""Write the field's ``meta.json`` for an anomaly-detection dataset from its published folder layout.
+"""Write the field's `meta.json` for an anomaly-detection dataset from its published folder layout.
 
-Schema (APRIL-GAN / AnomalyCLIP / AdaCLIP)::
+Schema (APRIL-GAN / AnomalyCLIP / AdaCLIP):
 
     {"train": {}, "test": {cls: [{"img_path", "mask_path", "cls_name", "specie_name", "anomaly"}]}}
 
-``img_path`` / ``mask_path`` are relative to the dataset root (POSIX separators); ``mask_path`` is ""
-when the image has no mask (every normal image, and datasets with image labels only); ``anomaly`` is 0/1.
+`img_path` / `mask_path` are relative to the dataset root (POSIX separators); `mask_path` is ""
+when the image has no mask (every normal image, and datasets with image labels only); `anomaly` is 0/1.
 Only the test split is listed: the protocol trains on the *test* split of one dataset and evaluates
 zero-shot on the others (see training/README.md).
 
-One small loader per dataset, registered in :data:`LOADERS`; each loader's docstring gives the layout it
-expects. ``folder`` is for a user's own data. Usage::
+One small loader per dataset, registered in `LOADERS`; each loader's docstring gives the layout it
+expects. `folder` is for a user's own data. Usage:
 
     python -m training.prepare_data --dataset mvtec --root data/mvtec [--out data/mvtec/meta.json]
     python -m training.prepare_data --dataset folder --root my_parts --class-name "metal bracket"
 
-A missing or malformed folder raises :class:`DatasetLayoutError` naming the path and what was expected;
+A missing or malformed folder raises `DatasetLayoutError` naming the path and what was expected;
 the CLI prints it and exits with status 2.
 """
 
@@ -32,27 +32,19 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from training.data import ENTRY_KEYS
+from training.registry import Registry
+from wmoe.errors import EXIT_ERROR, EXIT_OK, WMoEError
+
 IMAGE_EXTS = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff"})
-ENTRY_KEYS = ("img_path", "mask_path", "cls_name", "specie_name", "anomaly")
 
 Entries = list[dict]
 Loader = Callable[[Path, "str | None"], dict[str, Entries]]
-LOADERS: dict[str, Loader] = {}
+LOADERS: Registry[Loader] = Registry("dataset")  # loaders `(root, class_name) -> {cls: [entry, ...]}`
 
 
-class DatasetLayoutError(ValueError):
+class DatasetLayoutError(WMoEError, ValueError):
     """The dataset folder does not have the expected layout (the message names the path)."""
-
-
-def register(*names: str) -> Callable[[Loader], Loader]:
-    """Register a loader ``(root, class_name) -> {cls: [entry, ...]}`` under one or more dataset names."""
-
-    def deco(fn: Loader) -> Loader:
-        for name in names:
-            LOADERS[name] = fn
-        return fn
-
-    return deco
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -107,9 +99,9 @@ def _entry(root: Path, img: Path, cls: str, specie: str, anomaly: bool, mask: Pa
 
 
 def _mask_index(folder: Path, suffixes: Sequence[str]) -> dict[str, Path]:
-    """Map an image stem to its mask in ``folder``, a file named ``<stem><suffix>.<any image ext>``.
+    """Map an image stem to its mask in `folder`, a file named `<stem><suffix>.<any image ext>`.
 
-    Suffixes are tried longest first (so ``000_mask.png`` wins over ``000.png``); the empty suffix
+    Suffixes are tried longest first (so `000_mask.png` wins over `000.png`); the empty suffix
     matches the bare stem only when it is listed.
     """
     files = _images(folder)
@@ -140,7 +132,7 @@ def _single_class(entries: Entries, default: str, class_name: str | None) -> dic
 
 
 def _yes_no(root: Path, candidates: Sequence[Path], cls: str, specie: str) -> Entries:
-    """Image-label datasets: ``yes/`` (anomalous) and ``no/`` (normal) in the first candidate holding both."""
+    """Image-label datasets: `yes/` (anomalous) and `no/` (normal) in the first candidate holding both."""
     folder = next((c for c in candidates if (c / "yes").is_dir() and (c / "no").is_dir()), None)
     if folder is None:
         tried = ", ".join(_rel(root, c) if c != root else "." for c in candidates)
@@ -156,7 +148,7 @@ def _yes_no(root: Path, candidates: Sequence[Path], cls: str, specie: str) -> En
 def _image_mask_pairs(
     root: Path, img_dir: Path, mask_dir: Path, cls: str, specie: str, mask_suffixes: Sequence[str] = ("",)
 ) -> Entries:
-    """All-anomalous datasets: every image in ``img_dir`` has a mask in ``mask_dir``."""
+    """All-anomalous datasets: every image in `img_dir` has a mask in `mask_dir`."""
     masks = _mask_index(mask_dir, sorted(mask_suffixes, key=len, reverse=True))
     entries = []
     for img in _images(img_dir):
@@ -174,7 +166,7 @@ def _image_mask_pairs(
 def _mvtec_like(
     root: Path, class_name: str | None, good: str = "good", mask_suffixes: Sequence[str] = ("_mask",)
 ) -> dict[str, Entries]:
-    """``<root>/<class>/test/<specie>/*`` with masks in ``<root>/<class>/ground_truth/<specie>/``."""
+    """`<root>/<class>/test/<specie>/*` with masks in `<root>/<class>/ground_truth/<specie>/`."""
     if (root / "test").is_dir():  # the root is one class folder
         class_dirs = [root]
     else:
@@ -223,24 +215,24 @@ def _mvtec_like(
     return out
 
 
-@register("mvtec", "mpdd", "dtd")
+@LOADERS.register("mvtec", "mpdd", "dtd")
 def load_mvtec(root: Path, class_name: str | None = None) -> dict[str, Entries]:
-    """MVTec AD, MPDD and DTD-Synthetic (same layout)::
+    """MVTec AD, MPDD and DTD-Synthetic (same layout):
 
         <root>/<class>/train/good/*.png                       (not listed)
         <root>/<class>/test/good/*.png                        normal
         <root>/<class>/test/<defect>/000.png                  anomalous
         <root>/<class>/ground_truth/<defect>/000_mask.png     its mask (a mask named 000.png is accepted too)
 
-    ``<root>`` may also be a single class folder (holding ``test/``). DTD-Synthetic has one defect
-    folder per texture (``test/bad``).
+    `<root>` may also be a single class folder (holding `test/`). DTD-Synthetic has one defect
+    folder per texture (`test/bad`).
     """
     return _mvtec_like(root, class_name, "good", ("_mask", ""))
 
 
-@register("btad")
+@LOADERS.register("btad")
 def load_btad(root: Path, class_name: str | None = None) -> dict[str, Entries]:
-    """BTAD (BeanTech, also distributed as ``BTech_Dataset_transformed``)::
+    """BTAD (BeanTech, also distributed as `BTech_Dataset_transformed`):
 
     <root>/01|02|03/test/ok/*.bmp|png                     normal
     <root>/01|02|03/test/ko/*.bmp|png                     anomalous
@@ -249,17 +241,17 @@ def load_btad(root: Path, class_name: str | None = None) -> dict[str, Entries]:
     return _mvtec_like(root, class_name, "ok", ("", "_mask"))
 
 
-@register("visa")
+@LOADERS.register("visa")
 def load_visa(root: Path, class_name: str | None = None) -> dict[str, Entries]:
-    """VisA with its split file::
+    """VisA with its split file:
 
         <root>/split_csv/1cls.csv    (or <root>/1cls.csv) columns: object,split,label,image,mask
         <root>/<object>/Data/Images/{Normal,Anomaly}/*.JPG and <object>/Data/Masks/Anomaly/*.png
 
-    The rows with ``split == test`` are listed; ``label`` is ``normal`` or ``anomaly``; the ``image`` and
-    ``mask`` columns are paths relative to ``<root>``. ``specie_name`` is ``good`` or ``anomaly``.
-    Without a csv, an MVTec-like conversion of VisA (``<object>/test/good``, ``test/bad``,
-    ``ground_truth/bad``) is accepted.
+    The rows with `split == test` are listed; `label` is `normal` or `anomaly`; the `image` and
+    `mask` columns are paths relative to `<root>`. `specie_name` is `good` or `anomaly`.
+    Without a csv, an MVTec-like conversion of VisA (`<object>/test/good`, `test/bad`,
+    `ground_truth/bad`) is accepted.
     """
     csv_path = next((p for p in (root / "split_csv" / "1cls.csv", root / "1cls.csv") if p.is_file()), None)
     if csv_path is None:
@@ -310,14 +302,14 @@ def load_visa(root: Path, class_name: str | None = None) -> dict[str, Entries]:
 # ----------------------------------------------------------------------------------------------------
 # other industrial sets
 # ----------------------------------------------------------------------------------------------------
-@register("ksdd")
+@LOADERS.register("ksdd")
 def load_ksdd(root: Path, class_name: str | None = None) -> dict[str, Entries]:
-    """KolektorSDD (KSDD / SDD), class ``ksdd``::
+    """KolektorSDD (KSDD / SDD), class `ksdd`:
 
         <root>/kos01/Part0.jpg + <root>/kos01/Part0_label.bmp   ... kos50/
 
     An image is anomalous when its label image is non-empty (each label is opened to decide); the label
-    is then its mask. KolektorSDD2 is accepted too: ``<root>/test/<n>.png`` + ``<root>/test/<n>_GT.png``.
+    is then its mask. KolektorSDD2 is accepted too: `<root>/test/<n>.png` + `<root>/test/<n>_GT.png`.
     """
     kos = [d for d in _subdirs(root) if re.fullmatch(r"kos\d+", d.name, re.IGNORECASE)]
     if kos:
@@ -355,7 +347,7 @@ def load_ksdd(root: Path, class_name: str | None = None) -> dict[str, Entries]:
 
 
 def _dagm_labels_txt(path: Path) -> dict[str, bool]:
-    """Parse DAGM's ``Labels.txt``: ``<n> <0|1> <image> <0> <label image|0>`` per line (header line ok)."""
+    """Parse DAGM's `Labels.txt`: `<n> <0|1> <image> <0> <label image|0>` per line (header line ok)."""
     flags: dict[str, bool] = {}
     for line in path.read_text(errors="replace").splitlines():
         toks = line.split()
@@ -370,9 +362,9 @@ def _dagm_labels_txt(path: Path) -> dict[str, bool]:
     return flags
 
 
-@register("dagm")
+@LOADERS.register("dagm")
 def load_dagm(root: Path, class_name: str | None = None) -> dict[str, Entries]:
-    """DAGM 2007 (weakly supervised industrial optical inspection), classes ``Class1`` .. ``Class10``::
+    """DAGM 2007 (weakly supervised industrial optical inspection), classes `Class1` .. `Class10`:
 
         <root>/ClassN/Test/*.PNG
         <root>/ClassN/Test/Label/*_label.PNG     masks of the defective images
@@ -418,14 +410,14 @@ def load_dagm(root: Path, class_name: str | None = None) -> dict[str, Entries]:
 # ----------------------------------------------------------------------------------------------------
 # medical sets
 # ----------------------------------------------------------------------------------------------------
-@register("headct")
+@LOADERS.register("headct")
 def load_headct(root: Path, class_name: str | None = None) -> dict[str, Entries]:
-    """Head CT - hemorrhage (Kaggle), class ``headct``, image labels only::
+    """Head CT - hemorrhage (Kaggle), class `headct`, image labels only:
 
         <root>/labels.csv              columns: id, hemorrhage (0/1)   (header spaces are fine)
         <root>/head_ct/000.png ...     (also <root>/head_ct/head_ct/ or the images in <root> itself)
 
-    Image ``id`` is the integer value of the file stem (``000.png`` is id 0).
+    Image `id` is the integer value of the file stem (`000.png` is id 0).
     """
     csv_path = next((p for p in (root / "labels.csv", root / "head_ct" / "labels.csv") if p.is_file()), None)
     if csv_path is None:
@@ -471,9 +463,9 @@ def load_headct(root: Path, class_name: str | None = None) -> dict[str, Entries]
     return _single_class(entries, "headct", class_name)
 
 
-@register("brainmri")
+@LOADERS.register("brainmri")
 def load_brainmri(root: Path, class_name: str | None = None) -> dict[str, Entries]:
-    """Brain MRI images for brain tumor detection (Kaggle), class ``brainmri``, image labels only::
+    """Brain MRI images for brain tumor detection (Kaggle), class `brainmri`, image labels only:
 
     <root>/brain_tumor_dataset/yes/*.jpg   tumour (anomalous)
     <root>/brain_tumor_dataset/no/*.jpg    normal
@@ -484,9 +476,9 @@ def load_brainmri(root: Path, class_name: str | None = None) -> dict[str, Entrie
     )
 
 
-@register("br35h")
+@LOADERS.register("br35h")
 def load_br35h(root: Path, class_name: str | None = None) -> dict[str, Entries]:
-    """Br35H brain tumour detection 2020, class ``br35h``, image labels only::
+    """Br35H brain tumour detection 2020, class `br35h`, image labels only:
 
     <root>/yes/*.jpg   tumour (anomalous)
     <root>/no/*.jpg    normal
@@ -497,15 +489,15 @@ def load_br35h(root: Path, class_name: str | None = None) -> dict[str, Entries]:
     )
 
 
-@register("isic")
+@LOADERS.register("isic")
 def load_isic(root: Path, class_name: str | None = None) -> dict[str, Entries]:
-    """ISIC 2016 challenge, task 1 (lesion segmentation), class ``isic``, all anomalous::
+    """ISIC 2016 challenge, task 1 (lesion segmentation), class `isic`, all anomalous:
 
         <root>/ISBI2016_ISIC_Part1_Test_Data/ISIC_0000003.jpg
         <root>/ISBI2016_ISIC_Part1_Test_GroundTruth/ISIC_0000003_Segmentation.png
 
-    The test pair is used when present, else the training pair (``..._Training_Data`` /
-    ``..._Training_GroundTruth``), else ``images/`` + ``masks/``.
+    The test pair is used when present, else the training pair (`..._Training_Data` /
+    `..._Training_GroundTruth`), else `images/` + `masks/`.
     """
     pairs = [
         ("ISBI2016_ISIC_Part1_Test_Data", "ISBI2016_ISIC_Part1_Test_GroundTruth"),
@@ -550,7 +542,7 @@ def _polyp_loader(name: str) -> Loader:
         )
 
     load.__name__ = f"load_{name}"
-    load.__doc__ = f"""CVC-{name[:-2].capitalize()}DB polyp segmentation, class ``{name}``, all anomalous::
+    load.__doc__ = f"""CVC-{name[:-2].capitalize()}DB polyp segmentation, class `{name}`, all anomalous:
 
         <root>/images/<n>.png + <root>/masks/<n>.png    (PraNet's TestDataset/CVC-*/ layout)
         <root>/Original/<n>.tif + <root>/Ground Truth/<n>.tif   (the original release)
@@ -560,13 +552,13 @@ def _polyp_loader(name: str) -> Loader:
     return load
 
 
-load_colondb = register("colondb")(_polyp_loader("colondb"))
-load_clinicdb = register("clinicdb")(_polyp_loader("clinicdb"))
+load_colondb = LOADERS.register("colondb")(_polyp_loader("colondb"))
+load_clinicdb = LOADERS.register("clinicdb")(_polyp_loader("clinicdb"))
 
 
-@register("tn3k")
+@LOADERS.register("tn3k")
 def load_tn3k(root: Path, class_name: str | None = None) -> dict[str, Entries]:
-    """TN3K thyroid nodule ultrasound, class ``tn3k``, all anomalous::
+    """TN3K thyroid nodule ultrasound, class `tn3k`, all anomalous:
 
     <root>/test-image/0000.jpg + <root>/test-mask/0000.jpg   (matched by file stem)
     """
@@ -580,15 +572,15 @@ def load_tn3k(root: Path, class_name: str | None = None) -> dict[str, Entries]:
 # ----------------------------------------------------------------------------------------------------
 # a user's own data
 # ----------------------------------------------------------------------------------------------------
-@register("folder")
+@LOADERS.register("folder")
 def load_folder(root: Path, class_name: str | None = None) -> dict[str, Entries]:
-    """A user's own images, one class (the root folder's name, or ``--class-name``)::
+    """A user's own images, one class (the root folder's name, or `--class-name`):
 
         <root>/good/*.png                               normal
         <root>/<defect>/*.png                           anomalous, one folder per defect type
         <root>/ground_truth/<defect>/<stem>_mask.png    optional masks (<stem>.png accepted too)
 
-    Masks are optional: an anomalous image without one gets ``mask_path`` "" (image-level label only).
+    Masks are optional: an anomalous image without one gets `mask_path` "" (image-level label only).
     """
     good = _require_dir(root / "good", "good/ with the normal images, plus one folder per defect type")
     cls = class_name or root.resolve().name
@@ -627,11 +619,11 @@ def _validate(root: Path, test: dict[str, Entries]) -> None:
 def prepare(
     dataset: str, root: str | Path, out: str | Path | None = None, class_name: str | None = None
 ) -> dict:
-    """Build the meta dict for ``dataset`` (a key of :data:`LOADERS`) under ``root`` and write it.
+    """Build the meta dict for `dataset` (a key of `LOADERS`) under `root` and write it.
 
-    Written to ``out`` (default ``<root>/meta.json``); returns ``{"train": {}, "test": {cls: [...]}}``.
-    ``class_name`` renames the class of a single-class dataset (an error for multi-class ones).
-    Raises :class:`DatasetLayoutError` (a ``ValueError``) on a missing or malformed layout.
+    Written to `out` (default `<root>/meta.json`); returns `{"train": {}, "test": {cls: [...]}}`.
+    `class_name` renames the class of a single-class dataset (an error for multi-class ones).
+    Raises `DatasetLayoutError` (a `ValueError`) on a missing or malformed layout.
     """
     key = dataset.strip().lower()
     if key not in LOADERS:
@@ -666,16 +658,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = ap.parse_args(argv)
     try:
         meta = prepare(args.dataset, args.root, args.out, args.class_name)
-    except DatasetLayoutError as e:
+    except WMoEError as e:
         print(f"error: {e}", file=sys.stderr)
-        return 2
+        return EXIT_ERROR
     out = args.out or str(Path(args.root) / "meta.json")
     for cls, entries in meta["test"].items():
         n_bad = sum(e["anomaly"] for e in entries)
         n_mask = sum(bool(e["mask_path"]) for e in entries)
         print(f"{cls}: {len(entries) - n_bad} normal, {n_bad} anomalous ({n_mask} with masks)")
     print(f"wrote {out}")
-    return 0
+    return EXIT_OK
 
 
 if __name__ == "__main__":

@@ -3,16 +3,16 @@
 Nothing here is from the paper: it is the project's own offline stand-in for MVTec-style data, used by the
 tests, the tiny training runs and the demo assets. numpy + PIL + scipy.ndimage only (no torch).
 
-* ``make_category(name, kind, seed)`` builds a :class:`Category`: a family (``kind``) of procedural images
+* `make_category(name, kind, seed)` builds a `Category`: a family (`kind`) of procedural images
   (textures: noise, stripes, grid, weave, rings, dots; objects: disc, part) whose look (palette,
-  frequencies, orientation, shape) is drawn once from ``seed``. ``Category.render`` draws one normal image.
-* ``draw_defect(image, kind, rng)`` draws a scratch, crack, hole, stain or cut-paste patch on any RGB
-  image and returns ``(image, mask)`` where ``mask`` is exactly the set of pixels that changed (changes
-  smaller than ``min_delta`` grey levels in every channel are reverted, so every masked pixel is visible).
-* ``generate(root, ...)`` writes an MVTec AD folder tree (``train/good``, ``test/good``,
-  ``test/<defect>``, ``ground_truth/<defect>/*_mask.png``). Same arguments -> byte-identical files.
+  frequencies, orientation, shape) is drawn once from `seed`. `Category.render` draws one normal image.
+* `draw_defect(image, kind, rng)` draws a scratch, crack, hole, stain or cut-paste patch on any RGB
+  image and returns `(image, mask)` where `mask` is exactly the set of pixels that changed (changes
+  smaller than `min_delta` grey levels in every channel are reverted, so every masked pixel is visible).
+* `generate(root, ...)` writes an MVTec AD folder tree (`train/good`, `test/good`,
+  `test/<defect>`, `ground_truth/<defect>/*_mask.png`). Same arguments -> byte-identical files.
 
-CLI: ``python -m training.synthetic ROOT --categories 6 --size 128 --seed 0``.
+CLI: `python -m training.synthetic ROOT --categories 6 --size 128 --seed 0`.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ import argparse
 import colorsys
 import math
 import zlib
+from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,13 +31,16 @@ import numpy as np
 from PIL import Image, ImageDraw
 from scipy import ndimage
 
-TEXTURE_KINDS: tuple[str, ...] = ("noise", "stripes", "grid", "weave", "rings", "dots")
-OBJECT_KINDS: tuple[str, ...] = ("disc", "part")
-KINDS: tuple[str, ...] = TEXTURE_KINDS + OBJECT_KINDS
-DEFECT_KINDS: tuple[str, ...] = ("scratch", "crack", "hole", "stain", "cut_paste")
+from training.registry import Registry
+from wmoe.errors import EXIT_ERROR, EXIT_OK, WMoEError
 
-#: Built-in catalogue (name, kind), in the order ``generate(categories=N)`` takes them: textures and
-#: objects interleaved so that any N >= 3 mixes both.
+
+class SyntheticError(WMoEError, ValueError):
+    """Arguments the generator cannot use (an unknown kind, defect or category, an image that is not RGB)."""
+
+
+# Built-in catalogue (name, kind), in the order `generate(categories=N)` takes them: textures and
+# objects interleaved so that any N >= 3 mixes both.
 DEFAULT_CATEGORIES: tuple[tuple[str, str], ...] = (
     ("felt", "noise"),
     ("fabric", "stripes"),
@@ -48,7 +52,7 @@ DEFAULT_CATEGORIES: tuple[tuple[str, str], ...] = (
     ("polka", "dots"),
 )
 
-#: A pixel counts as changed by a defect only if some channel moved by at least this many grey levels.
+# A pixel counts as changed by a defect only if some channel moved by at least this many grey levels.
 MIN_DELTA = 8
 
 # Size ranges of each defect, as fractions of min(H, W): (smallest, largest). Drawn log-uniformly, so
@@ -72,7 +76,7 @@ def _as_rng(rng: np.random.Generator | int | None) -> np.random.Generator:
 
 
 def _name_key(name: str) -> int:
-    """A stable (process-independent, unlike ``hash``) integer for a string."""
+    """A stable (process-independent, unlike `hash`) integer for a string."""
     return zlib.crc32(name.encode("utf-8"))
 
 
@@ -139,207 +143,215 @@ def _palette(rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
 
 
 # ----------------------------------------------------------------------------------------------------
-# category looks: one parameter sampler and one renderer per kind
+# image kinds: a look sampler and a renderer each
 # ----------------------------------------------------------------------------------------------------
-Renderer = Callable[[dict[str, Any], np.random.Generator, int], tuple[np.ndarray, "np.ndarray | None"]]
-_PARAMS: dict[str, Callable[[np.random.Generator], dict[str, Any]]] = {}
-_RENDER: dict[str, Renderer] = {}
+class Kind(ABC):
+    """A family of procedural images; `is_object` kinds draw an object on a background."""
+
+    is_object: bool = False
+
+    @staticmethod
+    @abstractmethod
+    def params(rng: np.random.Generator) -> dict[str, Any]:
+        """The look of one category (palette, frequencies, orientation, shape), drawn once."""
+
+    @staticmethod
+    @abstractmethod
+    def render(
+        p: dict[str, Any], rng: np.random.Generator, size: int
+    ) -> tuple[np.ndarray, np.ndarray | None]:
+        """One `(size, size, 3)` uint8 image of look `p` and, for objects, the region defects stay in."""
 
 
-def _kind(name: str):
-    def deco(pair):
-        params, render = pair
-        _PARAMS[name] = params
-        _RENDER[name] = render
-        return pair
-
-    return deco
+KIND_REGISTRY: Registry[type[Kind]] = Registry("kind")
 
 
-def _noise_params(rng):
-    c0, c1 = _palette(rng)
-    return {
-        "c0": c0,
-        "c1": c1,
-        "sigma": rng.uniform(1.2, 4.0),
-        "contrast": rng.uniform(1.2, 3.0),
-        "fine": rng.uniform(0.1, 0.35),
-        "grain": rng.uniform(2.0, 6.0),
-    }
+@KIND_REGISTRY.register("noise")
+class _Noise(Kind):
+    @staticmethod
+    def params(rng):
+        c0, c1 = _palette(rng)
+        return {
+            "c0": c0,
+            "c1": c1,
+            "sigma": rng.uniform(1.2, 4.0),
+            "contrast": rng.uniform(1.2, 3.0),
+            "fine": rng.uniform(0.1, 0.35),
+            "grain": rng.uniform(2.0, 6.0),
+        }
+
+    @staticmethod
+    def render(p, rng, size):
+        s = size / 128.0
+        n = _smooth_noise(rng, (size, size), p["sigma"] * s)
+        f = _smooth_noise(rng, (size, size), 0.6 * s)
+        t = 1.0 / (1.0 + np.exp(-p["contrast"] * n)) + p["fine"] * 0.3 * f
+        return _finish(_mix(p["c0"], p["c1"], t), rng, p["grain"]), None
 
 
-def _noise_render(p, rng, size):
-    s = size / 128.0
-    n = _smooth_noise(rng, (size, size), p["sigma"] * s)
-    f = _smooth_noise(rng, (size, size), 0.6 * s)
-    t = 1.0 / (1.0 + np.exp(-p["contrast"] * n)) + p["fine"] * 0.3 * f
-    return _finish(_mix(p["c0"], p["c1"], t), rng, p["grain"]), None
+@KIND_REGISTRY.register("stripes")
+class _Stripes(Kind):
+    @staticmethod
+    def params(rng):
+        c0, c1 = _palette(rng)
+        return {
+            "c0": c0,
+            "c1": c1,
+            "theta": rng.uniform(0, math.pi),
+            "period": rng.uniform(6.0, 16.0),
+            "sharp": rng.uniform(1.0, 6.0),
+            "grain": rng.uniform(2.0, 5.0),
+            "warp": rng.uniform(0.0, 1.5),
+        }
+
+    @staticmethod
+    def render(p, rng, size):
+        s = size / 128.0
+        yy, xx = _grid(size)
+        u, _ = _rotate(yy, xx, p["theta"] + rng.normal(0, 0.02))
+        u = u + p["warp"] * s * _smooth_noise(rng, (size, size), 6 * s)
+        t = 0.5 + 0.5 * np.tanh(
+            p["sharp"] * np.sin(2 * math.pi * u / (p["period"] * s) + rng.uniform(0, 2 * math.pi))
+        )
+        t = t + 0.08 * _smooth_noise(rng, (size, size), 1.0 * s)
+        return _finish(_mix(p["c0"], p["c1"], t), rng, p["grain"]), None
 
 
-_kind("noise")((_noise_params, _noise_render))
+@KIND_REGISTRY.register("grid")
+class _Grid(Kind):
+    @staticmethod
+    def params(rng):
+        c0, c1 = _palette(rng)
+        return {
+            "c0": c0,
+            "c1": c1,
+            "theta": float(rng.choice([0.0, math.pi / 4, rng.uniform(0, math.pi / 2)])),
+            "period": rng.uniform(10.0, 20.0),
+            "width": rng.uniform(1.5, 3.5),
+            "grain": rng.uniform(2.0, 5.0),
+        }
+
+    @staticmethod
+    def render(p, rng, size):
+        s = size / 128.0
+        period, width = p["period"] * s, p["width"] * s
+        yy, xx = _grid(size)
+        u, v = _rotate(yy, xx, p["theta"])
+        u = u + rng.uniform(0, period)
+        v = v + rng.uniform(0, period)
+
+        def line(a):
+            d = np.abs(
+                (a % period) - period / 2
+            )  # distance to the line centre, line at the middle of the cell
+            return np.clip(width / 2 - d + 0.5, 0.0, 1.0)
+
+        t = np.maximum(line(u), line(v))
+        base = _mix(p["c0"], p["c1"], t)
+        shade = 6.0 * _smooth_noise(rng, (size, size), 10 * s)
+        return _finish(base + shade[..., None], rng, p["grain"]), None
 
 
-def _stripes_params(rng):
-    c0, c1 = _palette(rng)
-    return {
-        "c0": c0,
-        "c1": c1,
-        "theta": rng.uniform(0, math.pi),
-        "period": rng.uniform(6.0, 16.0),
-        "sharp": rng.uniform(1.0, 6.0),
-        "grain": rng.uniform(2.0, 5.0),
-        "warp": rng.uniform(0.0, 1.5),
-    }
+@KIND_REGISTRY.register("weave")
+class _Weave(Kind):
+    @staticmethod
+    def params(rng):
+        c0, c1 = _palette(rng)
+        return {
+            "c0": c0,
+            "c1": c1,
+            "theta": rng.uniform(0, math.pi / 2),
+            "period": rng.uniform(8.0, 16.0),
+            "gap": rng.uniform(0.05, 0.2),
+            "grain": rng.uniform(2.0, 5.0),
+        }
+
+    @staticmethod
+    def render(p, rng, size):
+        s = size / 128.0
+        period = p["period"] * s
+        yy, xx = _grid(size)
+        u, v = _rotate(yy, xx, p["theta"])
+        u = u + rng.uniform(0, 2 * period)
+        v = v + rng.uniform(0, 2 * period)
+        i, j = np.floor(u / period), np.floor(v / period)
+        fu, fv = u / period - i, v / period - j
+        horizontal = ((i + j) % 2) == 0
+        across = np.where(horizontal, fv, fu)  # position across the thread in the cell
+        along = np.where(horizontal, fu, fv)
+        thread = np.sin(math.pi * across) ** 0.7  # rounded thread profile
+        fibres = 0.15 * np.sin(2 * math.pi * 3 * along + 1.7 * np.where(horizontal, j, i))
+        gap = np.clip((np.minimum(across, 1 - across) - p["gap"] / 2) * 8, 0.0, 1.0)
+        t = (thread * 0.8 + fibres) * gap
+        return _finish(_mix(p["c1"], p["c0"], t), rng, p["grain"]), None
 
 
-def _stripes_render(p, rng, size):
-    s = size / 128.0
-    yy, xx = _grid(size)
-    u, _ = _rotate(yy, xx, p["theta"] + rng.normal(0, 0.02))
-    u = u + p["warp"] * s * _smooth_noise(rng, (size, size), 6 * s)
-    t = 0.5 + 0.5 * np.tanh(
-        p["sharp"] * np.sin(2 * math.pi * u / (p["period"] * s) + rng.uniform(0, 2 * math.pi))
-    )
-    t = t + 0.08 * _smooth_noise(rng, (size, size), 1.0 * s)
-    return _finish(_mix(p["c0"], p["c1"], t), rng, p["grain"]), None
+@KIND_REGISTRY.register("rings")
+class _Rings(Kind):
+    @staticmethod
+    def params(rng):
+        c0, c1 = _palette(rng)
+        ang = rng.uniform(0, 2 * math.pi)
+        return {
+            "c0": c0,
+            "c1": c1,
+            "ang": ang,
+            "dist": rng.uniform(0.7, 2.5),
+            "period": rng.uniform(5.0, 12.0),
+            "warp": rng.uniform(0.6, 2.0),
+            "gamma": rng.uniform(0.5, 2.5),
+            "grain": rng.uniform(2.0, 4.0),
+        }
+
+    @staticmethod
+    def render(p, rng, size):
+        s = size / 128.0
+        yy, xx = _grid(size)
+        ang = p["ang"] + rng.normal(0, 0.1)
+        dist = p["dist"] * size * rng.uniform(0.9, 1.1)
+        cy, cx = size / 2 + dist * math.sin(ang), size / 2 + dist * math.cos(ang)
+        r = np.hypot(yy - cy, xx - cx) + p["warp"] * s * _smooth_noise(rng, (size, size), 14 * s)
+        t = ((r / (p["period"] * s)) % 1.0) ** p["gamma"]
+        # fine fibre streaks along the rings' tangent, roughly: anisotropic noise
+        streak = _smooth_noise(
+            rng, (size, size), (0.6 * s, 5 * s) if abs(math.cos(ang)) > 0.7 else (5 * s, 0.6 * s)
+        )
+        t = 0.8 * t + 0.1 * streak
+        return _finish(_mix(p["c0"], p["c1"], t), rng, p["grain"]), None
 
 
-_kind("stripes")((_stripes_params, _stripes_render))
+@KIND_REGISTRY.register("dots")
+class _Dots(Kind):
+    @staticmethod
+    def params(rng):
+        c0, c1 = _palette(rng)
+        return {
+            "c0": c0,
+            "c1": c1,
+            "period": rng.uniform(11.0, 22.0),
+            "radius": rng.uniform(0.18, 0.38),
+            "hex": bool(rng.uniform() < 0.5),
+            "theta": rng.uniform(0, math.pi / 3),
+            "grain": rng.uniform(2.0, 5.0),
+        }
 
-
-def _grid_params(rng):
-    c0, c1 = _palette(rng)
-    return {
-        "c0": c0,
-        "c1": c1,
-        "theta": float(rng.choice([0.0, math.pi / 4, rng.uniform(0, math.pi / 2)])),
-        "period": rng.uniform(10.0, 20.0),
-        "width": rng.uniform(1.5, 3.5),
-        "grain": rng.uniform(2.0, 5.0),
-    }
-
-
-def _grid_render(p, rng, size):
-    s = size / 128.0
-    period, width = p["period"] * s, p["width"] * s
-    yy, xx = _grid(size)
-    u, v = _rotate(yy, xx, p["theta"])
-    u = u + rng.uniform(0, period)
-    v = v + rng.uniform(0, period)
-
-    def line(a):
-        d = np.abs((a % period) - period / 2)  # distance to the line centre, line at the middle of the cell
-        return np.clip(width / 2 - d + 0.5, 0.0, 1.0)
-
-    t = np.maximum(line(u), line(v))
-    base = _mix(p["c0"], p["c1"], t)
-    shade = 6.0 * _smooth_noise(rng, (size, size), 10 * s)
-    return _finish(base + shade[..., None], rng, p["grain"]), None
-
-
-_kind("grid")((_grid_params, _grid_render))
-
-
-def _weave_params(rng):
-    c0, c1 = _palette(rng)
-    return {
-        "c0": c0,
-        "c1": c1,
-        "theta": rng.uniform(0, math.pi / 2),
-        "period": rng.uniform(8.0, 16.0),
-        "gap": rng.uniform(0.05, 0.2),
-        "grain": rng.uniform(2.0, 5.0),
-    }
-
-
-def _weave_render(p, rng, size):
-    s = size / 128.0
-    period = p["period"] * s
-    yy, xx = _grid(size)
-    u, v = _rotate(yy, xx, p["theta"])
-    u = u + rng.uniform(0, 2 * period)
-    v = v + rng.uniform(0, 2 * period)
-    i, j = np.floor(u / period), np.floor(v / period)
-    fu, fv = u / period - i, v / period - j
-    horizontal = ((i + j) % 2) == 0
-    across = np.where(horizontal, fv, fu)  # position across the thread in the cell
-    along = np.where(horizontal, fu, fv)
-    thread = np.sin(math.pi * across) ** 0.7  # rounded thread profile
-    fibres = 0.15 * np.sin(2 * math.pi * 3 * along + 1.7 * np.where(horizontal, j, i))
-    gap = np.clip((np.minimum(across, 1 - across) - p["gap"] / 2) * 8, 0.0, 1.0)
-    t = (thread * 0.8 + fibres) * gap
-    return _finish(_mix(p["c1"], p["c0"], t), rng, p["grain"]), None
-
-
-_kind("weave")((_weave_params, _weave_render))
-
-
-def _rings_params(rng):
-    c0, c1 = _palette(rng)
-    ang = rng.uniform(0, 2 * math.pi)
-    return {
-        "c0": c0,
-        "c1": c1,
-        "ang": ang,
-        "dist": rng.uniform(0.7, 2.5),
-        "period": rng.uniform(5.0, 12.0),
-        "warp": rng.uniform(0.6, 2.0),
-        "gamma": rng.uniform(0.5, 2.5),
-        "grain": rng.uniform(2.0, 4.0),
-    }
-
-
-def _rings_render(p, rng, size):
-    s = size / 128.0
-    yy, xx = _grid(size)
-    ang = p["ang"] + rng.normal(0, 0.1)
-    dist = p["dist"] * size * rng.uniform(0.9, 1.1)
-    cy, cx = size / 2 + dist * math.sin(ang), size / 2 + dist * math.cos(ang)
-    r = np.hypot(yy - cy, xx - cx) + p["warp"] * s * _smooth_noise(rng, (size, size), 14 * s)
-    t = ((r / (p["period"] * s)) % 1.0) ** p["gamma"]
-    # fine fibre streaks along the rings' tangent, roughly: anisotropic noise
-    streak = _smooth_noise(
-        rng, (size, size), (0.6 * s, 5 * s) if abs(math.cos(ang)) > 0.7 else (5 * s, 0.6 * s)
-    )
-    t = 0.8 * t + 0.1 * streak
-    return _finish(_mix(p["c0"], p["c1"], t), rng, p["grain"]), None
-
-
-_kind("rings")((_rings_params, _rings_render))
-
-
-def _dots_params(rng):
-    c0, c1 = _palette(rng)
-    return {
-        "c0": c0,
-        "c1": c1,
-        "period": rng.uniform(11.0, 22.0),
-        "radius": rng.uniform(0.18, 0.38),
-        "hex": bool(rng.uniform() < 0.5),
-        "theta": rng.uniform(0, math.pi / 3),
-        "grain": rng.uniform(2.0, 5.0),
-    }
-
-
-def _dots_render(p, rng, size):
-    s = size / 128.0
-    period = p["period"] * s
-    yy, xx = _grid(size)
-    u, v = _rotate(yy, xx, p["theta"])
-    u = u + rng.uniform(0, period)
-    v = v + rng.uniform(0, period)
-    row = np.floor(v / period)
-    if p["hex"]:
-        u = u + 0.5 * period * (row % 2)
-    du = (u % period) - period / 2
-    dv = (v % period) - period / 2
-    d = np.hypot(du, dv)
-    t = np.clip(p["radius"] * period - d + 0.5, 0.0, 1.0)
-    shade = 5.0 * _smooth_noise(rng, (size, size), 12 * s)
-    return _finish(_mix(p["c0"], p["c1"], t) + shade[..., None], rng, p["grain"]), None
-
-
-_kind("dots")((_dots_params, _dots_render))
+    @staticmethod
+    def render(p, rng, size):
+        s = size / 128.0
+        period = p["period"] * s
+        yy, xx = _grid(size)
+        u, v = _rotate(yy, xx, p["theta"])
+        u = u + rng.uniform(0, period)
+        v = v + rng.uniform(0, period)
+        row = np.floor(v / period)
+        if p["hex"]:
+            u = u + 0.5 * period * (row % 2)
+        du = (u % period) - period / 2
+        dv = (v % period) - period / 2
+        d = np.hypot(du, dv)
+        t = np.clip(p["radius"] * period - d + 0.5, 0.0, 1.0)
+        shade = 5.0 * _smooth_noise(rng, (size, size), 12 * s)
+        return _finish(_mix(p["c0"], p["c1"], t) + shade[..., None], rng, p["grain"]), None
 
 
 def _object_palette(rng):
@@ -347,20 +359,6 @@ def _object_palette(rng):
     bg_v = rng.choice([rng.uniform(0.05, 0.2), rng.uniform(0.75, 0.92)])
     bg = _hsv(rng.uniform(), rng.uniform(0.0, 0.25), bg_v)
     return body, accent, bg
-
-
-def _disc_params(rng):
-    body, accent, bg = _object_palette(rng)
-    return {
-        "body": body,
-        "accent": accent,
-        "bg": bg,
-        "radius": rng.uniform(0.26, 0.38),
-        "sides": int(rng.choice([0, 6, 8])),
-        "hole": float(rng.choice([0.0, rng.uniform(0.3, 0.5)])),
-        "rings": rng.uniform(0.0, 1.0),
-        "grain": rng.uniform(2.0, 4.0),
-    }
 
 
 def _polygon_radius(theta: np.ndarray, sides: int, rot: float) -> np.ndarray:
@@ -372,178 +370,119 @@ def _polygon_radius(theta: np.ndarray, sides: int, rot: float) -> np.ndarray:
     return math.cos(seg / 2) / np.cos(a)
 
 
-def _disc_render(p, rng, size):
-    s = size / 128.0
-    yy, xx = _grid(size)
-    cy = size / 2 + rng.normal(0, 0.02 * size)
-    cx = size / 2 + rng.normal(0, 0.02 * size)
-    rot = rng.uniform(0, 2 * math.pi)
-    dy, dx = yy - cy, xx - cx
-    r = np.hypot(dy, dx)
-    theta = np.arctan2(dy, dx)
-    R = p["radius"] * size * rng.uniform(0.97, 1.03)
-    edge = R * _polygon_radius(theta, p["sides"], rot)
-    alpha = np.clip(edge - r + 0.5, 0.0, 1.0)
-    inner = p["hole"] * R
-    if inner > 0:
-        alpha = alpha * np.clip(r - inner + 0.5, 0.0, 1.0)
-    light = rng.uniform(0, 2 * math.pi)
-    shading = 0.25 * (np.cos(theta - light) * (r / R)) + 0.1 * (1 - (r / R) ** 2)
-    ring_t = p["rings"] * 0.5 * (1 + np.sin(2 * math.pi * r / (6 * s)))
-    body = _mix(p["body"], p["accent"], ring_t * (r > inner + 0.25 * (R - inner)))
-    body = body * (1 + shading[..., None]) + 4.0 * _smooth_noise(rng, (size, size), 2 * s)[..., None]
-    bg = p["bg"][None, None, :] + 5.0 * _smooth_noise(rng, (size, size), 15 * s)[..., None]
-    # soft drop shadow on the background
-    shadow = ndimage.gaussian_filter((r < edge).astype(np.float64), 3 * s)
-    bg = bg * (1 - 0.25 * np.roll(shadow, (int(2 * s), int(2 * s)), axis=(0, 1)))[..., None]
-    img = bg * (1 - alpha[..., None]) + body * alpha[..., None]
-    region = ndimage.binary_erosion(alpha > 0.99, iterations=max(1, int(2 * s)))
-    return _finish(img, rng, p["grain"]), region
+@KIND_REGISTRY.register("disc")
+class _Disc(Kind):
+    is_object = True
+
+    @staticmethod
+    def params(rng):
+        body, accent, bg = _object_palette(rng)
+        return {
+            "body": body,
+            "accent": accent,
+            "bg": bg,
+            "radius": rng.uniform(0.26, 0.38),
+            "sides": int(rng.choice([0, 6, 8])),
+            "hole": float(rng.choice([0.0, rng.uniform(0.3, 0.5)])),
+            "rings": rng.uniform(0.0, 1.0),
+            "grain": rng.uniform(2.0, 4.0),
+        }
+
+    @staticmethod
+    def render(p, rng, size):
+        s = size / 128.0
+        yy, xx = _grid(size)
+        cy = size / 2 + rng.normal(0, 0.02 * size)
+        cx = size / 2 + rng.normal(0, 0.02 * size)
+        rot = rng.uniform(0, 2 * math.pi)
+        dy, dx = yy - cy, xx - cx
+        r = np.hypot(dy, dx)
+        theta = np.arctan2(dy, dx)
+        R = p["radius"] * size * rng.uniform(0.97, 1.03)
+        edge = R * _polygon_radius(theta, p["sides"], rot)
+        alpha = np.clip(edge - r + 0.5, 0.0, 1.0)
+        inner = p["hole"] * R
+        if inner > 0:
+            alpha = alpha * np.clip(r - inner + 0.5, 0.0, 1.0)
+        light = rng.uniform(0, 2 * math.pi)
+        shading = 0.25 * (np.cos(theta - light) * (r / R)) + 0.1 * (1 - (r / R) ** 2)
+        ring_t = p["rings"] * 0.5 * (1 + np.sin(2 * math.pi * r / (6 * s)))
+        body = _mix(p["body"], p["accent"], ring_t * (r > inner + 0.25 * (R - inner)))
+        body = body * (1 + shading[..., None]) + 4.0 * _smooth_noise(rng, (size, size), 2 * s)[..., None]
+        bg = p["bg"][None, None, :] + 5.0 * _smooth_noise(rng, (size, size), 15 * s)[..., None]
+        # soft drop shadow on the background
+        shadow = ndimage.gaussian_filter((r < edge).astype(np.float64), 3 * s)
+        bg = bg * (1 - 0.25 * np.roll(shadow, (int(2 * s), int(2 * s)), axis=(0, 1)))[..., None]
+        img = bg * (1 - alpha[..., None]) + body * alpha[..., None]
+        region = ndimage.binary_erosion(alpha > 0.99, iterations=max(1, int(2 * s)))
+        return _finish(img, rng, p["grain"]), region
 
 
-_kind("disc")((_disc_params, _disc_render))
+@KIND_REGISTRY.register("part")
+class _Part(Kind):
+    is_object = True
+
+    @staticmethod
+    def params(rng):
+        body, accent, bg = _object_palette(rng)
+        return {
+            "body": body,
+            "accent": accent,
+            "bg": bg,
+            "half_w": rng.uniform(0.25, 0.4),
+            "aspect": rng.uniform(0.45, 1.0),
+            "corner": rng.uniform(0.05, 0.5),
+            "holes": int(rng.choice([0, 2, 4])),
+            "hole_r": rng.uniform(0.03, 0.06),
+            "brushed": rng.uniform(0.0, 1.0),
+            "grain": rng.uniform(2.0, 4.0),
+        }
+
+    @staticmethod
+    def render(p, rng, size):
+        s = size / 128.0
+        yy, xx = _grid(size)
+        cy = size / 2 + rng.normal(0, 0.02 * size)
+        cx = size / 2 + rng.normal(0, 0.02 * size)
+        rot = rng.normal(0, 0.08)
+        u, v = _rotate(yy - cy, xx - cx, rot)
+        a = p["half_w"] * size
+        b = a * p["aspect"]
+        rc = p["corner"] * min(a, b)
+        qx, qy = np.abs(u) - (a - rc), np.abs(v) - (b - rc)
+        sdf = np.hypot(np.maximum(qx, 0), np.maximum(qy, 0)) + np.minimum(np.maximum(qx, qy), 0) - rc
+        alpha = np.clip(0.5 - sdf, 0.0, 1.0)
+        holes = np.zeros_like(alpha)
+        hr = p["hole_r"] * size
+        spots = [(-1, -1), (1, 1), (1, -1), (-1, 1)][: p["holes"]]
+        for sx, sy in spots:
+            d = np.hypot(u - sx * (a - 2.2 * hr), v - sy * (b - 2.2 * hr))
+            holes = np.maximum(holes, np.clip(hr - d + 0.5, 0.0, 1.0))
+        alpha = alpha * (1 - holes)
+        brushed = _smooth_noise(rng, (size, size), (0.5 * s, 8 * s) if rot >= 0 else (8 * s, 0.5 * s))
+        t = 0.5 * p["brushed"] * (0.5 + 0.25 * brushed) + 0.25 * (v / b + 1) * (1 - p["brushed"])
+        body = _mix(p["body"], p["accent"], t)
+        bevel = np.clip(-sdf / (3 * s), 0.0, 1.0)
+        body = body * (0.8 + 0.2 * bevel)[..., None]
+        bg = p["bg"][None, None, :] + 5.0 * _smooth_noise(rng, (size, size), 15 * s)[..., None]
+        img = bg * (1 - alpha[..., None]) + body * alpha[..., None]
+        region = (alpha > 0.99) & (sdf < -2 * s)
+        region = ndimage.binary_erosion(region, iterations=max(1, int(1.5 * s))) if region.any() else region
+        return _finish(img, rng, p["grain"]), region
 
 
-def _part_params(rng):
-    body, accent, bg = _object_palette(rng)
-    return {
-        "body": body,
-        "accent": accent,
-        "bg": bg,
-        "half_w": rng.uniform(0.25, 0.4),
-        "aspect": rng.uniform(0.45, 1.0),
-        "corner": rng.uniform(0.05, 0.5),
-        "holes": int(rng.choice([0, 2, 4])),
-        "hole_r": rng.uniform(0.03, 0.06),
-        "brushed": rng.uniform(0.0, 1.0),
-        "grain": rng.uniform(2.0, 4.0),
-    }
-
-
-def _part_render(p, rng, size):
-    s = size / 128.0
-    yy, xx = _grid(size)
-    cy = size / 2 + rng.normal(0, 0.02 * size)
-    cx = size / 2 + rng.normal(0, 0.02 * size)
-    rot = rng.normal(0, 0.08)
-    u, v = _rotate(yy - cy, xx - cx, rot)
-    a = p["half_w"] * size
-    b = a * p["aspect"]
-    rc = p["corner"] * min(a, b)
-    qx, qy = np.abs(u) - (a - rc), np.abs(v) - (b - rc)
-    sdf = np.hypot(np.maximum(qx, 0), np.maximum(qy, 0)) + np.minimum(np.maximum(qx, qy), 0) - rc
-    alpha = np.clip(0.5 - sdf, 0.0, 1.0)
-    holes = np.zeros_like(alpha)
-    hr = p["hole_r"] * size
-    spots = [(-1, -1), (1, 1), (1, -1), (-1, 1)][: p["holes"]]
-    for sx, sy in spots:
-        d = np.hypot(u - sx * (a - 2.2 * hr), v - sy * (b - 2.2 * hr))
-        holes = np.maximum(holes, np.clip(hr - d + 0.5, 0.0, 1.0))
-    alpha = alpha * (1 - holes)
-    brushed = _smooth_noise(rng, (size, size), (0.5 * s, 8 * s) if rot >= 0 else (8 * s, 0.5 * s))
-    t = 0.5 * p["brushed"] * (0.5 + 0.25 * brushed) + 0.25 * (v / b + 1) * (1 - p["brushed"])
-    body = _mix(p["body"], p["accent"], t)
-    bevel = np.clip(-sdf / (3 * s), 0.0, 1.0)
-    body = body * (0.8 + 0.2 * bevel)[..., None]
-    bg = p["bg"][None, None, :] + 5.0 * _smooth_noise(rng, (size, size), 15 * s)[..., None]
-    img = bg * (1 - alpha[..., None]) + body * alpha[..., None]
-    region = (alpha > 0.99) & (sdf < -2 * s)
-    region = ndimage.binary_erosion(region, iterations=max(1, int(1.5 * s))) if region.any() else region
-    return _finish(img, rng, p["grain"]), region
-
-
-_kind("part")((_part_params, _part_render))
-
-
-# ----------------------------------------------------------------------------------------------------
-# categories
-# ----------------------------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class Category:
-    """One synthetic category: a kind of procedural image with a look fixed by ``seed``."""
-
-    name: str
-    kind: str
-    seed: int
-    params: dict[str, Any] = field(repr=False, compare=False)
-    defects: tuple[str, ...] = DEFECT_KINDS
-
-    @property
-    def is_object(self) -> bool:
-        return self.kind in OBJECT_KINDS
-
-    def render(
-        self, rng: np.random.Generator | int | None, size: int = 128
-    ) -> tuple[np.ndarray, np.ndarray | None]:
-        """One normal image ``(H, W, 3) uint8`` and, for objects, the boolean object region (else None)."""
-        return _RENDER[self.kind](self.params, _as_rng(rng), int(size))
-
-    def render_defect(
-        self, rng: np.random.Generator | int | None, size: int = 128, defect: str = "scratch"
-    ) -> tuple[np.ndarray, np.ndarray]:
-        """One anomalous image and its exact boolean defect mask (defects land on the object for objects)."""
-        rng = _as_rng(rng)
-        img, region = self.render(rng, size)
-        source = None
-        if defect == "cut_paste" and rng.uniform() < 0.5:
-            source, _ = self.render(rng, size)  # a patch from another image of the same category
-        return draw_defect(img, defect, rng, region=region, source=source)
-
-
-def make_category(name: str, kind: str, seed: int = 0, defects: Sequence[str] = DEFECT_KINDS) -> Category:
-    """Build a category of ``kind`` (one of :data:`KINDS`) whose look is drawn from ``seed``."""
-    if kind not in _PARAMS:
-        raise ValueError(f"unknown kind {kind!r}; expected one of {', '.join(KINDS)}")
-    bad = [d for d in defects if d not in DEFECT_KINDS]
-    if bad:
-        raise ValueError(f"unknown defect kind(s) {bad}; expected a subset of {', '.join(DEFECT_KINDS)}")
-    params = _PARAMS[kind](_child_rng(int(seed), "look", kind))
-    return Category(name=name, kind=kind, seed=int(seed), params=params, defects=tuple(defects))
-
-
-def default_categories(n: int, seed: int = 0) -> list[Category]:
-    """The first ``n`` catalogue categories; beyond the catalogue, more of each kind with fresh looks."""
-    out = []
-    for i in range(n):
-        base, kind = DEFAULT_CATEGORIES[i % len(DEFAULT_CATEGORIES)]
-        rnd = i // len(DEFAULT_CATEGORIES)
-        name = base if rnd == 0 else f"{base}{rnd + 1}"
-        out.append(make_category(name, kind, _category_seed(seed, name)))
-    return out
-
-
-def _category_seed(seed: int, name: str) -> int:
-    return int(_child_rng(int(seed), "category", name).integers(0, 2**31 - 1))
-
-
-def _resolve_categories(categories: int | Sequence[str | Category], seed: int) -> list[Category]:
-    if isinstance(categories, int | np.integer):
-        if categories < 1:
-            raise ValueError("categories must be >= 1")
-        return default_categories(int(categories), seed)
-    known = dict(DEFAULT_CATEGORIES)
-    out = []
-    for c in categories:
-        if isinstance(c, Category):
-            out.append(c)
-            continue
-        name, _, kind = str(c).partition(":")  # "name" from the catalogue, a bare kind, or "name:kind"
-        kind = kind or known.get(name) or (name if name in KINDS else "")
-        if not kind:
-            raise ValueError(
-                f"unknown category {name!r}: use a catalogue name "
-                f"({', '.join(known)}), a kind ({', '.join(KINDS)}) or 'name:kind'"
-            )
-        out.append(make_category(name, kind, _category_seed(seed, name)))
-    names = [c.name for c in out]
-    if len(set(names)) != len(names):
-        raise ValueError(f"duplicate category names in {names}")
-    return out
+KINDS: tuple[str, ...] = tuple(KIND_REGISTRY)
+TEXTURE_KINDS: tuple[str, ...] = tuple(n for n, k in KIND_REGISTRY.items() if not k.is_object)
+OBJECT_KINDS: tuple[str, ...] = tuple(n for n, k in KIND_REGISTRY.items() if k.is_object)
 
 
 # ----------------------------------------------------------------------------------------------------
 # defects
 # ----------------------------------------------------------------------------------------------------
+Defect = Callable[..., tuple[np.ndarray, np.ndarray]]  # (img, rng, region, source, scale) -> (alpha, paint)
+DEFECT_REGISTRY: Registry[Defect] = Registry("defect kind")
+
+
 def _size_of(kind: str, rng: np.random.Generator, scale: float | None, extent: int) -> float:
     lo, hi = _SIZE_RANGE[kind]
     x = rng.uniform() if scale is None else float(np.clip(scale, 0.0, 1.0))
@@ -562,7 +501,7 @@ def _pick_point(
 
 
 def _polyline_alpha(shape: tuple[int, int], points: np.ndarray, width: float, ss: int = 3) -> np.ndarray:
-    """Antialiased coverage (0..1) of a polyline of ``points`` ((N, 2) as (y, x)) with the given width."""
+    """Antialiased coverage (0..1) of a polyline of `points` ((N, 2) as (y, x)) with the given width."""
     H, W = shape
     canvas = Image.new("L", (W * ss, H * ss), 0)
     draw = ImageDraw.Draw(canvas)
@@ -592,6 +531,7 @@ def _line_colour(
     return np.broadcast_to(tint * rng.uniform(215, 255), img.shape).astype(np.float64)
 
 
+@DEFECT_REGISTRY.register("scratch")
 def _scratch(img, rng, region, source, scale):
     H, W = img.shape[:2]
     s = min(H, W) / 128.0
@@ -608,6 +548,7 @@ def _scratch(img, rng, region, source, scale):
     return alpha, _line_colour(img, alpha, rng, dark_bias=0.3)
 
 
+@DEFECT_REGISTRY.register("crack")
 def _crack(img, rng, region, source, scale):
     H, W = img.shape[:2]
     s = min(H, W) / 128.0
@@ -654,6 +595,7 @@ def _blob_polar(shape, centre, radius, rng, wobble):
     return np.hypot(u, v / aspect) / (radius * rad)
 
 
+@DEFECT_REGISTRY.register("hole")
 def _hole(img, rng, region, source, scale):
     H, W = img.shape[:2]
     radius = max(1.5, _size_of("hole", rng, scale, min(H, W)))
@@ -674,6 +616,7 @@ def _hole(img, rng, region, source, scale):
     return alpha, colour[..., None] * tint[None, None, :]
 
 
+@DEFECT_REGISTRY.register("stain")
 def _stain(img, rng, region, source, scale):
     H, W = img.shape[:2]
     radius = _size_of("stain", rng, scale, min(H, W))
@@ -692,6 +635,7 @@ def _stain(img, rng, region, source, scale):
     return alpha, np.broadcast_to(colour, img.shape).astype(np.float64)
 
 
+@DEFECT_REGISTRY.register("cut_paste")
 def _cut_paste(img, rng, region, source, scale):
     H, W = img.shape[:2]
     side = max(3.0, _size_of("cut_paste", rng, scale, min(H, W)))
@@ -732,13 +676,7 @@ def _cut_paste(img, rng, region, source, scale):
     return alpha, colour
 
 
-_DEFECTS: dict[str, Callable[..., tuple[np.ndarray, np.ndarray]]] = {
-    "scratch": _scratch,
-    "crack": _crack,
-    "hole": _hole,
-    "stain": _stain,
-    "cut_paste": _cut_paste,
-}
+DEFECT_KINDS: tuple[str, ...] = tuple(DEFECT_REGISTRY)
 
 
 def _as_rgb(image: np.ndarray, shape: tuple[int, int] | None = None) -> np.ndarray:
@@ -746,10 +684,10 @@ def _as_rgb(image: np.ndarray, shape: tuple[int, int] | None = None) -> np.ndarr
     if arr.ndim == 2:
         arr = np.stack([arr] * 3, axis=-1)
     if arr.ndim != 3 or arr.shape[2] not in (3, 4):
-        raise ValueError(f"expected an (H, W, 3) RGB image, got shape {arr.shape}")
+        raise SyntheticError(f"expected an (H, W, 3) RGB image, got shape {arr.shape}")
     arr = arr[..., :3]
     if arr.dtype != np.uint8:
-        raise ValueError(f"expected a uint8 image, got {arr.dtype}")
+        raise SyntheticError(f"expected a uint8 image, got {arr.dtype}")
     if shape is not None and arr.shape[:2] != tuple(shape):
         arr = np.asarray(Image.fromarray(arr).resize((shape[1], shape[0]), Image.BILINEAR))
     return arr
@@ -767,39 +705,39 @@ def draw_defect(
     min_delta: int = MIN_DELTA,
     min_pixels: int = 4,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Draw one defect of ``kind`` (see :data:`DEFECT_KINDS`) on an RGB image.
+    """Draw one defect of `kind` (see `DEFECT_KINDS`) on an RGB image.
 
     Args:
-        image: ``(H, W, 3)`` uint8 (a ``(H, W)`` grey image is accepted and returned as RGB).
-        kind: ``scratch`` | ``crack`` | ``hole`` | ``stain`` | ``cut_paste``.
+        image: `(H, W, 3)` uint8 (a `(H, W)` grey image is accepted and returned as RGB).
+        kind: `scratch` | `crack` | `hole` | `stain` | `cut_paste`.
         rng: a numpy Generator or an int seed.
-        region: optional boolean ``(H, W)`` area the defect must stay in (e.g. the object).
-        source: optional image to cut the ``cut_paste`` patch from (default: ``image`` itself).
+        region: optional boolean `(H, W)` area the defect must stay in (e.g. the object).
+        source: optional image to cut the `cut_paste` patch from (default: `image` itself).
         scale: defect size in [0, 1] within the kind's size range; None draws it (log-uniform).
-        colour: optional fixed RGB colour of the defect (all kinds but ``cut_paste``); by default a
+        colour: optional fixed RGB colour of the defect (all kinds but `cut_paste`); by default a
             colour that contrasts with the surface is drawn.
         min_delta: pixels whose largest channel change is below this are left untouched.
         min_pixels: redraw (up to 20 times) until the defect covers at least this many pixels.
 
     Returns:
-        ``(out, mask)``: the new ``(H, W, 3)`` uint8 image (the input is not modified) and the boolean
-        mask, which equals ``(out != image).any(-1)`` exactly.
+        `(out, mask)`: the new `(H, W, 3)` uint8 image (the input is not modified) and the boolean
+        mask, which equals `(out != image).any(-1)` exactly.
     """
-    if kind not in _DEFECTS:
-        raise ValueError(f"unknown defect kind {kind!r}; expected one of {', '.join(DEFECT_KINDS)}")
+    if kind not in DEFECT_REGISTRY:
+        raise SyntheticError(f"unknown defect kind {kind!r}; expected one of {', '.join(DEFECT_KINDS)}")
     img = _as_rgb(image)
     rng = _as_rng(rng)
     H, W = img.shape[:2]
     if region is not None:
         region = np.asarray(region, dtype=bool)
         if region.shape != (H, W):
-            raise ValueError(f"region shape {region.shape} != image shape {(H, W)}")
+            raise SyntheticError(f"region shape {region.shape} != image shape {(H, W)}")
         if not region.any():
             region = None
     base = img.astype(np.float64)
     out, mask = img, np.zeros((H, W), dtype=bool)
     for _ in range(20):
-        alpha, paint = _DEFECTS[kind](img, rng, region, source, scale)
+        alpha, paint = DEFECT_REGISTRY[kind](img, rng, region, source, scale)
         if colour is not None and kind != "cut_paste":
             paint = np.broadcast_to(np.asarray(colour, dtype=np.float64)[:3], img.shape)
         if region is not None:
@@ -814,6 +752,92 @@ def draw_defect(
     else:
         raise RuntimeError(f"could not draw a visible {kind!r} defect on this image (after 20 tries)")
     return out, mask
+
+
+# ----------------------------------------------------------------------------------------------------
+# categories
+# ----------------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Category:
+    """One synthetic category: a kind of procedural image with a look fixed by `seed`."""
+
+    name: str
+    kind: str
+    seed: int
+    params: dict[str, Any] = field(repr=False, compare=False)
+    defects: tuple[str, ...] = DEFECT_KINDS
+
+    @property
+    def is_object(self) -> bool:
+        return KIND_REGISTRY[self.kind].is_object
+
+    def render(
+        self, rng: np.random.Generator | int | None, size: int = 128
+    ) -> tuple[np.ndarray, np.ndarray | None]:
+        """One normal image `(H, W, 3) uint8` and, for objects, the boolean object region (else None)."""
+        return KIND_REGISTRY[self.kind].render(self.params, _as_rng(rng), int(size))
+
+    def render_defect(
+        self, rng: np.random.Generator | int | None, size: int = 128, defect: str = "scratch"
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """One anomalous image and its exact boolean defect mask (defects land on the object for objects)."""
+        rng = _as_rng(rng)
+        img, region = self.render(rng, size)
+        source = None
+        if defect == "cut_paste" and rng.uniform() < 0.5:
+            source, _ = self.render(rng, size)  # a patch from another image of the same category
+        return draw_defect(img, defect, rng, region=region, source=source)
+
+
+def make_category(name: str, kind: str, seed: int = 0, defects: Sequence[str] = DEFECT_KINDS) -> Category:
+    """Build a category of `kind` (one of `KINDS`) whose look is drawn from `seed`."""
+    if kind not in KIND_REGISTRY:
+        raise SyntheticError(f"unknown kind {kind!r}; expected one of {', '.join(KINDS)}")
+    bad = [d for d in defects if d not in DEFECT_KINDS]
+    if bad:
+        raise SyntheticError(f"unknown defect kind(s) {bad}; expected a subset of {', '.join(DEFECT_KINDS)}")
+    params = KIND_REGISTRY[kind].params(_child_rng(int(seed), "look", kind))
+    return Category(name=name, kind=kind, seed=int(seed), params=params, defects=tuple(defects))
+
+
+def default_categories(n: int, seed: int = 0) -> list[Category]:
+    """The first `n` catalogue categories; beyond the catalogue, more of each kind with fresh looks."""
+    out = []
+    for i in range(n):
+        base, kind = DEFAULT_CATEGORIES[i % len(DEFAULT_CATEGORIES)]
+        rnd = i // len(DEFAULT_CATEGORIES)
+        name = base if rnd == 0 else f"{base}{rnd + 1}"
+        out.append(make_category(name, kind, _category_seed(seed, name)))
+    return out
+
+
+def _category_seed(seed: int, name: str) -> int:
+    return int(_child_rng(int(seed), "category", name).integers(0, 2**31 - 1))
+
+
+def _resolve_categories(categories: int | Sequence[str | Category], seed: int) -> list[Category]:
+    if isinstance(categories, int | np.integer):
+        if categories < 1:
+            raise SyntheticError("categories must be >= 1")
+        return default_categories(int(categories), seed)
+    known = dict(DEFAULT_CATEGORIES)
+    out = []
+    for c in categories:
+        if isinstance(c, Category):
+            out.append(c)
+            continue
+        name, _, kind = str(c).partition(":")  # "name" from the catalogue, a bare kind, or "name:kind"
+        kind = kind or known.get(name) or (name if name in KINDS else "")
+        if not kind:
+            raise SyntheticError(
+                f"unknown category {name!r}: use a catalogue name "
+                f"({', '.join(known)}), a kind ({', '.join(KINDS)}) or 'name:kind'"
+            )
+        out.append(make_category(name, kind, _category_seed(seed, name)))
+    names = [c.name for c in out]
+    if len(set(names)) != len(names):
+        raise SyntheticError(f"duplicate category names in {names}")
+    return out
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -837,12 +861,12 @@ def generate(
     seed: int = 0,
     defects: Sequence[str] | None = None,
 ) -> list[str]:
-    """Write a synthetic dataset in the MVTec AD layout under ``root`` and return the category names.
+    """Write a synthetic dataset in the MVTec AD layout under `root` and return the category names.
 
-    ``root/<cls>/train/good/000.png``, ``root/<cls>/test/good/000.png``, ``root/<cls>/test/<defect>/000.png``
-    and ``root/<cls>/ground_truth/<defect>/000_mask.png`` (L mode, 0/255). ``categories`` is a count
-    (taken from :data:`DEFAULT_CATEGORIES`) or a list of catalogue names, kinds, ``"name:kind"`` strings
-    or :class:`Category` objects. ``defects`` defaults to each category's own list (all kinds).
+    `root/<cls>/train/good/000.png`, `root/<cls>/test/good/000.png`, `root/<cls>/test/<defect>/000.png`
+    and `root/<cls>/ground_truth/<defect>/000_mask.png` (L mode, 0/255). `categories` is a count
+    (taken from `DEFAULT_CATEGORIES`) or a list of catalogue names, kinds, `"name:kind"` strings
+    or `Category` objects. `defects` defaults to each category's own list (all kinds).
     Every image has its own random stream derived from (seed, category, split, index), so the files
     are byte-identical for the same arguments whatever else is generated.
     """
@@ -852,7 +876,9 @@ def generate(
         kinds = tuple(defects) if defects is not None else cat.defects
         bad = [d for d in kinds if d not in DEFECT_KINDS]
         if bad:
-            raise ValueError(f"unknown defect kind(s) {bad}; expected a subset of {', '.join(DEFECT_KINDS)}")
+            raise SyntheticError(
+                f"unknown defect kind(s) {bad}; expected a subset of {', '.join(DEFECT_KINDS)}"
+            )
         base = root / cat.name
         for split, n in (("train", n_train_good), ("test", n_test_good)):
             folder = base / split / "good"
@@ -897,10 +923,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             args.seed,
             defects,
         )
-    except ValueError as e:
-        ap.exit(2, f"error: {e}\n")
+    except WMoEError as e:
+        ap.exit(EXIT_ERROR, f"error: {e}\n")
     print(f"wrote {len(names)} categories to {args.root}: {', '.join(names)}")
-    return 0
+    return EXIT_OK
 
 
 if __name__ == "__main__":
