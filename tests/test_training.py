@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -22,7 +23,7 @@ from safetensors.torch import load_file
 
 from training import state as state_mod
 from training import train as train_mod
-from training.config import TrainConfigError, load_config
+from training.config import DataSource, Eval, Optim, TrainConfigError, load_config
 from training.data import MetaDataset, MetaError, load_entries
 from training.distributed import EpochSampler, World
 from training.evaluate import METRICS
@@ -214,7 +215,7 @@ def test_non_finite_loss_stops_naming_the_step_and_the_images(data, tmp_path, mo
 
     monkeypatch.setattr(train_mod, "wmoe_loss", poisoned)
     rc = train_mod.main(["--config", str(config), "--output", str(out), "--no-progress"])
-    assert rc == 1
+    assert rc == 2
     err = capsys.readouterr().err
     assert "non-finite loss (nan) at step 3 (epoch 1, batch 3)" in err
     entries = load_entries(data["train"])
@@ -324,6 +325,93 @@ def test_config_errors_name_the_file_and_key(data, tmp_path):
     )
 
 
+@pytest.mark.parametrize(
+    "section, key, value, message",
+    [
+        ("optim", "lr", 0, r"optim.lr: expected > 0, got 0.0"),
+        ("optim", "batch_size", 0, r"optim.batch_size: expected >= 1, got 0"),
+        ("optim", "epochs", 0, r"optim.epochs: expected >= 1, got 0"),
+        ("optim", "grad_clip", -1.0, r"optim.grad_clip: expected >= 0, got -1.0"),
+        ("optim", "num_workers", -1, r"optim.num_workers: expected >= 0, got -1"),
+        ("optim", "betas", [0.5, 1.0], r"optim.betas: expected two numbers in \[0, 1\), got \[0.5, 1.0\]"),
+        (
+            "optim",
+            "schedule",
+            "linear",
+            r"optim.schedule: expected one of \['constant', 'cosine'\], got 'linear'",
+        ),
+        ("eval", "batch_size", 0, r"eval.batch_size: expected >= 1, got 0"),
+        ("eval", "map_size", 4, r"eval.map_size: expected >= 8, got 4"),
+        ("checkpoint", "keep", 0, r"checkpoint.keep: expected >= 1, got 0"),
+        ("checkpoint", "every_steps", -1, r"checkpoint.every_steps: expected >= 0, got -1"),
+        ("train", "classes", "a", r"train.classes: expected a list of class names, got 'a'"),
+        (None, "device", "tpu", r"device: expected one of \['auto', 'cpu', 'cuda'\], got 'tpu'"),
+        (None, "precision", "fp16", r"precision: expected one of \['auto', 'fp32', 'bf16'\], got 'fp16'"),
+        (None, "cpu_threads", -1, r"cpu_threads: expected >= 0, got -1"),
+    ],
+)
+def test_recipe_range_checks_name_the_file_and_the_key(data, tmp_path, section, key, value, message):
+    bad = recipe(data)
+    (bad[section] if section else bad)[key] = value
+    with pytest.raises(TrainConfigError, match=f"^{re.escape(str(tmp_path / 'r.yaml'))}: {message}$"):
+        load_config(write_recipe(tmp_path / "r.yaml", bad), tmp_path)
+
+
+def test_recipe_rules_live_in_their_dataclasses():
+    """The same rules hold for a recipe built in Python, without a file (the loader only adds the file name)."""
+    with pytest.raises(TrainConfigError, match=r"^lr: expected > 0"):
+        Optim(lr=-1.0)
+    with pytest.raises(TrainConfigError, match=r"^map_size: expected >= 8"):
+        Eval(map_size=2)
+    with pytest.raises(TrainConfigError, match=r"^datasets: expected unique names"):
+        Eval(datasets=[DataSource("data/a"), DataSource("other/a")])
+    assert Optim(betas=[0.9, 0.99]).betas == (0.9, 0.99)
+    assert DataSource("data/mvtec").name == "mvtec"
+
+
+def test_every_training_error_is_a_wmoe_error():
+    from training.distributed import DeviceError
+    from training.prepare_data import DatasetLayoutError
+    from training.state import StateSaveError
+    from training.synthetic import SyntheticError
+    from wmoe.errors import WMoEError
+
+    errors = (TrainConfigError, MetaError, DatasetLayoutError, train_mod.TrainingError, DeviceError)
+    for cls in (*errors, StateSaveError, SyntheticError):
+        assert issubclass(cls, WMoEError), cls
+    for cls in (TrainConfigError, MetaError, DatasetLayoutError, SyntheticError):  # as before, ValueErrors
+        assert issubclass(cls, ValueError), cls
+    assert issubclass(StateSaveError, OSError) and issubclass(DeviceError, RuntimeError)
+
+
+def test_training_precisions_are_wmoe_dtype_names_plus_auto():
+    from training.distributed import PRECISIONS, DeviceError, autocast_dtype
+    from wmoe.precision import DTYPES
+
+    assert PRECISIONS[0] == "auto" and set(PRECISIONS[1:]) <= set(DTYPES)
+    cpu = torch.device("cpu")
+    assert autocast_dtype(cpu, "auto") is autocast_dtype(cpu, "fp32") is DTYPES["fp32"]
+    with pytest.raises(DeviceError, match="bf16 needs a CUDA GPU"):
+        autocast_dtype(cpu, "bf16")
+    with pytest.raises(DeviceError, match="unknown precision 'fp16'"):
+        autocast_dtype(cpu, "fp16")
+
+
+def test_train_cli_reports_a_bad_recipe_with_exit_2_and_no_traceback(data, tmp_path):
+    bad = recipe(data)
+    bad["optim"]["lr"] = -1
+    config = write_recipe(tmp_path / "bad.yaml", bad)
+    done = subprocess.run(
+        [sys.executable, "-m", "training.train", "--config", str(config), "--output", str(tmp_path / "o")],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 2
+    assert done.stderr == f"error: {config}: optim.lr: expected > 0, got -1.0\n"
+
+
 def test_dataset_uses_the_inference_preprocessing_and_known_masks(data, tmp_path):
     from wmoe.preprocess import load_image, to_tensor
 
@@ -340,7 +428,7 @@ def test_dataset_uses_the_inference_preprocessing_and_known_masks(data, tmp_path
     )  # anomalous: the mask file; normal: empty
     with pytest.raises(MetaError, match="no class"):
         MetaDataset(data["heldout"], classes=["bottle"], image_size=48, mean=(0, 0, 0), std=(1, 1, 1))
-    with pytest.raises(MetaError, match="prepare_data.py"):
+    with pytest.raises(MetaError, match="python -m training.prepare_data"):
         MetaDataset(tmp_path, image_size=48, mean=(0, 0, 0), std=(1, 1, 1))
 
 

@@ -15,13 +15,25 @@ from pathlib import Path
 
 import yaml
 
+from training.distributed import PRECISIONS
 from training.synthetic import generate
 from wmoe.config import ConfigError, WMoEConfig
+from wmoe.errors import WMoEError
 from wmoe.loss import LossWeights
 
 
-class TrainConfigError(ValueError):
+class TrainConfigError(WMoEError, ValueError):
     """A training YAML that cannot be used; the message names the file and the key."""
+
+
+DEVICES = ("auto", "cpu", "cuda")
+SCHEDULES = ("constant", "cosine")
+
+
+def _check(ok: bool, key: str, rule: str, value) -> None:
+    """One rule of a recipe field; the loader puts the file and the section in front of the message."""
+    if not ok:
+        raise TrainConfigError(f"{key}: expected {rule}, got {value!r}")
 
 
 @dataclass
@@ -32,6 +44,12 @@ class DataSource:
     meta: str = "meta.json"
     classes: list[str] | None = None  # None = every class in the meta file
     name: str = ""  # label in the results (default: the root folder's name)
+
+    def __post_init__(self):
+        _check(isinstance(self.root, str), "root", "a folder path", self.root)
+        classes_ok = isinstance(self.classes, list) and all(isinstance(c, str) for c in self.classes)
+        _check(self.classes is None or classes_ok, "classes", "a list of class names", self.classes)
+        self.name = self.name or Path(self.root).name
 
 
 @dataclass
@@ -44,6 +62,18 @@ class Optim:
     schedule: str = "constant"  # constant (the anchors) | cosine (decay to 0 over the run)
     num_workers: int = 0  # DataLoader worker processes
 
+    def __post_init__(self):
+        _check(self.lr > 0, "lr", "> 0", self.lr)
+        betas = self.betas if isinstance(self.betas, (list, tuple)) else [self.betas]
+        betas_ok = len(betas) == 2 and all(isinstance(b, (int, float)) and 0 <= b < 1 for b in betas)
+        _check(betas_ok, "betas", "two numbers in [0, 1)", self.betas)
+        self.betas = (float(betas[0]), float(betas[1]))
+        _check(self.batch_size >= 1, "batch_size", ">= 1", self.batch_size)
+        _check(self.epochs >= 1, "epochs", ">= 1", self.epochs)
+        _check(self.grad_clip >= 0, "grad_clip", ">= 0", self.grad_clip)
+        _check(self.schedule in SCHEDULES, "schedule", f"one of {list(SCHEDULES)}", self.schedule)
+        _check(self.num_workers >= 0, "num_workers", ">= 0", self.num_workers)
+
 
 @dataclass
 class Eval:
@@ -52,11 +82,21 @@ class Eval:
     untrained: bool = False  # also evaluate the initial heads (the "untrained" block of metrics.json)
     datasets: list[DataSource] = field(default_factory=list)
 
+    def __post_init__(self):
+        _check(self.batch_size >= 1, "batch_size", ">= 1", self.batch_size)
+        _check(self.map_size >= 8, "map_size", ">= 8", self.map_size)
+        names = [s.name for s in self.datasets]
+        _check(len(set(names)) == len(names), "datasets", "unique names (set name:)", names)
+
 
 @dataclass
 class Checkpoint:
     every_steps: int = 0  # also save the training state every N steps (0 = at the end of each epoch only)
     keep: int = 2  # training states kept on disk (the newest ones)
+
+    def __post_init__(self):
+        _check(self.every_steps >= 0, "every_steps", ">= 0", self.every_steps)
+        _check(self.keep >= 1, "keep", ">= 1", self.keep)
 
 
 @dataclass
@@ -74,6 +114,11 @@ class TrainConfig:
     eval: Eval = field(default_factory=Eval)
     checkpoint: Checkpoint = field(default_factory=Checkpoint)
     text: str = field(default="", repr=False)  # the YAML as written, saved beside the checkpoint
+
+    def __post_init__(self):
+        _check(self.device in DEVICES, "device", f"one of {list(DEVICES)}", self.device)
+        _check(self.precision in PRECISIONS, "precision", f"one of {list(PRECISIONS)}", self.precision)
+        _check(self.cpu_threads >= 0, "cpu_threads", ">= 0", self.cpu_threads)
 
     @property
     def sha256(self) -> str:
@@ -99,12 +144,12 @@ def load_config(path: str | Path, output: str | Path) -> TrainConfig:
         raw, {f.name for f in dataclasses.fields(TrainConfig)} - {"text"}, where, required={"model", "train"}
     )
     model = _model(raw["model"], raw.get("seed", 0), f"{where}: model")
-    cfg = TrainConfig(
+    sections = dict(
         model=model,
         train=_section(DataSource, raw["train"], f"{where}: train"),
         seed=_typed(raw.get("seed", 0), int, f"{where}: seed"),
-        device=_choice(raw.get("device", "auto"), ("auto", "cpu", "cuda"), f"{where}: device"),
-        precision=_choice(raw.get("precision", "auto"), ("auto", "fp32", "bf16"), f"{where}: precision"),
+        device=raw.get("device", "auto"),
+        precision=raw.get("precision", "auto"),
         cpu_threads=_typed(raw.get("cpu_threads", 0), int, f"{where}: cpu_threads"),
         synthetic=[
             _synthetic(s, f"{where}: synthetic[{i}]") for i, s in enumerate(_listed(raw, "synthetic", where))
@@ -115,27 +160,10 @@ def load_config(path: str | Path, output: str | Path) -> TrainConfig:
         checkpoint=_section(Checkpoint, raw.get("checkpoint") or {}, f"{where}: checkpoint"),
         text=text,
     )
-    o = cfg.optim
-    if o.lr <= 0 or o.batch_size < 1 or o.epochs < 1 or o.grad_clip < 0 or o.num_workers < 0:
-        raise TrainConfigError(
-            f"{where}: optim needs lr > 0, batch_size >= 1, epochs >= 1, grad_clip >= 0, num_workers >= 0"
-        )
-    betas = o.betas if isinstance(o.betas, (list, tuple)) else [o.betas]
-    if len(betas) != 2 or not all(isinstance(b, (int, float)) and 0 <= b < 1 for b in betas):
-        raise TrainConfigError(f"{where}: optim.betas must be two numbers in [0, 1), got {o.betas!r}")
-    o.betas = (float(betas[0]), float(betas[1]))
-    _choice(o.schedule, ("constant", "cosine"), f"{where}: optim.schedule")
-    if (
-        cfg.eval.batch_size < 1
-        or cfg.eval.map_size < 8
-        or cfg.checkpoint.keep < 1
-        or cfg.checkpoint.every_steps < 0
-    ):
-        raise TrainConfigError(
-            f"{where}: eval.batch_size >= 1, eval.map_size >= 8, checkpoint.keep >= 1 and "
-            "checkpoint.every_steps >= 0 are required"
-        )
-    return cfg
+    try:
+        return TrainConfig(**sections)
+    except TrainConfigError as e:
+        raise TrainConfigError(f"{where}: {e}") from e
 
 
 def _listed(raw: dict, key: str, where: str) -> list:
@@ -174,12 +202,6 @@ def _typed(value, kind, where: str):
     return value
 
 
-def _choice(value, choices: tuple[str, ...], where: str) -> str:
-    if value not in choices:
-        raise TrainConfigError(f"{where}: expected one of {list(choices)}, got {value!r}")
-    return value
-
-
 def _section(cls, d, where: str):
     """A dataclass from a mapping: unknown keys are errors, scalar types are checked against the defaults."""
     fields = {f.name: f for f in dataclasses.fields(cls)}
@@ -196,18 +218,11 @@ def _section(cls, d, where: str):
             value = _typed(value, type(default), f"{where}.{name}")
         values[name] = value
     try:
-        obj = cls(**values)
+        return cls(**values)
+    except TrainConfigError as e:  # a rule of the section's own fields: "<file>: <section>.<key>: ..."
+        raise TrainConfigError(f"{where}.{e}") from e
     except (TypeError, ValueError) as e:
         raise TrainConfigError(f"{where}: {e}") from e
-    if isinstance(obj, DataSource):
-        if not isinstance(obj.root, str):
-            raise TrainConfigError(f"{where}.root: expected a folder path, got {obj.root!r}")
-        if obj.classes is not None and not (
-            isinstance(obj.classes, list) and all(isinstance(c, str) for c in obj.classes)
-        ):
-            raise TrainConfigError(f"{where}.classes: expected a list of class names, got {obj.classes!r}")
-        obj.name = obj.name or Path(obj.root).name
-    return obj
 
 
 def _model(d, seed: int, where: str) -> WMoEConfig:
@@ -237,9 +252,5 @@ def _eval(d, where: str) -> Eval:
     datasets = d.pop("datasets", None) or []
     if not isinstance(datasets, list):
         raise TrainConfigError(f"{where}.datasets: expected a list of {{root, meta, classes, name}}")
-    ev = _section(Eval, d, where)
-    ev.datasets = [_section(DataSource, s, f"{where}.datasets[{i}]") for i, s in enumerate(datasets)]
-    names = [s.name for s in ev.datasets]
-    if len(set(names)) != len(names):
-        raise TrainConfigError(f"{where}.datasets: names must be unique (set name:), got {names}")
-    return ev
+    sources = [_section(DataSource, s, f"{where}.datasets[{i}]") for i, s in enumerate(datasets)]
+    return _section(Eval, {**d, "datasets": sources}, where)

@@ -14,12 +14,13 @@ from pathlib import Path
 import torch
 from torch.utils.data import Dataset
 
+from wmoe.errors import WMoEError
 from wmoe.preprocess import load_image, mask_to_tensor, to_tensor
 
 ENTRY_KEYS = ("img_path", "mask_path", "cls_name", "specie_name", "anomaly")
 
 
-class MetaError(ValueError):
+class MetaError(WMoEError, ValueError):
     """A meta.json that cannot be used; the message names the file and the problem."""
 
 

@@ -16,8 +16,15 @@ import torch
 import torch.distributed as dist
 from torch.utils.data import Sampler
 
+from wmoe.errors import WMoEError
+from wmoe.precision import resolve_dtype
 
-class DeviceError(RuntimeError):
+# Training's precisions: wmoe's dtype names, less fp16 (it would need loss scaling, which training does
+# not do), plus "auto": bf16 on a CUDA GPU that supports it, else fp32.
+PRECISIONS: tuple[str, ...] = ("auto", "fp32", "bf16")
+
+
+class DeviceError(WMoEError, RuntimeError):
     """The device or precision asked for is not available on this machine."""
 
 
@@ -135,10 +142,13 @@ def shard(indices: list[int], world: World) -> list[int]:
 
 
 def autocast_dtype(device: torch.device, precision: str = "auto") -> torch.dtype:
-    """bf16 on a CUDA GPU that supports it (auto or bf16), else float32; bf16 on a CPU is refused."""
-    if precision == "fp32":
-        return torch.float32
+    """The autocast dtype of a name of `PRECISIONS` on `device`; bf16 on a CPU is refused."""
+    if precision not in PRECISIONS:
+        raise DeviceError(f"unknown precision {precision!r}; choose one of {list(PRECISIONS)}")
     bf16_ok = device.type == "cuda" and torch.cuda.is_bf16_supported()
-    if precision == "bf16" and not bf16_ok:
+    if precision == "auto":
+        return resolve_dtype("bf16" if bf16_ok else "fp32")
+    dtype = resolve_dtype(precision)
+    if dtype == torch.bfloat16 and not bf16_ok:
         raise DeviceError(f"precision bf16 needs a CUDA GPU with bf16 support; this run is on {device}")
-    return torch.bfloat16 if bf16_ok else torch.float32
+    return dtype

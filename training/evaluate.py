@@ -28,9 +28,9 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, Subset
 from tqdm import tqdm
 
-from training.data import MetaDataset, MetaError
+from training.data import MetaDataset
 from training.distributed import (
-    DeviceError,
+    PRECISIONS,
     World,
     all_gather_rows,
     autocast_dtype,
@@ -40,10 +40,8 @@ from training.distributed import (
 )
 from wmoe import load_model
 from wmoe import metrics as M
-from wmoe.checkpoint import CheckpointError
-from wmoe.config import ConfigError
-from wmoe.hub import WeightsNotFoundError
-from wmoe.preprocess import ImageError
+from wmoe.errors import EXIT_ERROR, EXIT_OK, WMoEError
+from wmoe.precision import dtype_name
 
 METRICS = (
     "image_auroc",
@@ -280,7 +278,7 @@ def main(argv: list[str] | None = None) -> int:
         "--map-size", type=int, default=256, help="side of the stored maps and masks (default 256)"
     )
     ap.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
-    ap.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16"))
+    ap.add_argument("--precision", default="auto", choices=PRECISIONS)
     ap.add_argument("--num-workers", type=int, default=0)
     ap.add_argument(
         "--cpu-threads", type=int, default=0, help="torch CPU threads (default: PyTorch's, one per core)"
@@ -327,7 +325,7 @@ def main(argv: list[str] | None = None) -> int:
                 "meta": str(args.meta),
                 "classes": args.classes,
                 "device": str(world.device),
-                "precision": str(dtype).replace("torch.", ""),
+                "precision": dtype_name(dtype),
                 "processes": world.size,
                 "seconds": round(time.perf_counter() - start, 2),
                 "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -335,14 +333,14 @@ def main(argv: list[str] | None = None) -> int:
             write_results(result, args.out, extra, title=f"{args.checkpoint} on {args.data}")
             print(markdown_table(result), end="")
             print(f"wrote {Path(args.out) / 'results.md'}, results.csv, metrics.json")
-    except (MetaError, CheckpointError, ConfigError, WeightsNotFoundError, ImageError, DeviceError) as e:
+    except WMoEError as e:
         print(f"error: {e}", file=sys.stderr)
-        return 2
+        return EXIT_ERROR
     finally:
         torch.set_num_threads(threads)
         if world is not None:
             close_world(world)
-    return 0
+    return EXIT_OK
 
 
 if __name__ == "__main__":

@@ -22,13 +22,15 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
+from wmoe.errors import WMoEError
+
 TENSORS, META = "state.safetensors", "state.json"
 FORMAT = 1
 STATE_NAME = re.compile(r"^step-(\d{8})$")
 log = logging.getLogger("wmoe.training")
 
 
-class StateSaveError(OSError):
+class StateSaveError(WMoEError, OSError):
     """The training state could not be written; the previous good state is still on disk."""
 
 

@@ -34,10 +34,9 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from training.config import TrainConfig, TrainConfigError, load_config
-from training.data import MetaDataset, MetaError
+from training.config import TrainConfig, load_config
+from training.data import MetaDataset
 from training.distributed import (
-    DeviceError,
     EpochSampler,
     World,
     all_gather_rows,
@@ -49,7 +48,7 @@ from training.distributed import (
 )
 from training.evaluate import combine, markdown_table, to_json, write_results
 from training.evaluate import evaluate as evaluate_dataset
-from training.prepare_data import DatasetLayoutError, prepare
+from training.prepare_data import prepare
 from training.state import (
     StateSaveError,
     capture_rng,
@@ -63,10 +62,9 @@ from training.state import (
 from training.synthetic import generate
 from wmoe import WMoECLIP, save_pretrained
 from wmoe.checkpoint import upload_checkpoint
-from wmoe.config import ConfigError
-from wmoe.hub import WeightsNotFoundError
+from wmoe.errors import EXIT_ERROR, EXIT_OK, EXIT_PUBLISH_FAILED, WMoEError
 from wmoe.loss import wmoe_loss
-from wmoe.preprocess import ImageError
+from wmoe.precision import dtype_name
 
 STATE_DIR = "checkpoints"
 LOG_NAME = "train_log.jsonl"
@@ -84,7 +82,7 @@ PUBLISHED = (
 )  # what --push-to-hub uploads
 
 
-class TrainingError(RuntimeError):
+class TrainingError(WMoEError, RuntimeError):
     """The run cannot go on (non-finite loss, a state from another recipe, an output folder in use)."""
 
 
@@ -107,21 +105,12 @@ def main(argv: list[str] | None = None) -> int:
     try:
         cfg = load_config(args.config, args.output)
         result = run(cfg, Path(args.output), resume=args.resume, progress=not args.no_progress)
-    except (
-        TrainConfigError,
-        ConfigError,
-        WeightsNotFoundError,
-        MetaError,
-        DatasetLayoutError,
-        ImageError,
-        DeviceError,
-        TrainingError,
-    ) as e:
+    except WMoEError as e:
         print(f"error: {e}", file=sys.stderr)
-        return 1
+        return EXIT_ERROR
     if args.push_to_hub and result is not None:
         return publish(Path(args.output), args.push_to_hub)
-    return 0
+    return EXIT_OK
 
 
 def run(cfg: TrainConfig, output: Path, resume: bool = False, progress: bool = True) -> dict | None:
@@ -193,7 +182,7 @@ class Trainer:
         say(
             world,
             f"training on {len(self.train_set)} images ({len(self.train_set.classes)} classes) of "
-            f"{t.root}; {world.size} process(es) on {world.device}, {str(self.dtype).replace('torch.', '')}",
+            f"{t.root}; {world.size} process(es) on {world.device}, {dtype_name(self.dtype)}",
         )
 
     def evaluate(self, label: str) -> dict | None:
@@ -483,7 +472,7 @@ def environment(world: World, dtype: torch.dtype) -> dict:
         "cpu_count": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
         "processes": world.size,
-        "precision": str(dtype).replace("torch.", ""),
+        "precision": dtype_name(dtype),
         "git_commit": commit,
     }
 
@@ -544,9 +533,9 @@ def publish(output: Path, repo_id: str) -> int:
                 "checkpoint folder is complete, push it later with --resume --push-to-hub",
                 file=sys.stderr,
             )
-            return 3
+            return EXIT_PUBLISH_FAILED
     print(f"pushed to {url}")
-    return 0
+    return EXIT_OK
 
 
 if __name__ == "__main__":
