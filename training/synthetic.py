@@ -241,9 +241,8 @@ class _Grid(Kind):
         v = v + rng.uniform(0, period)
 
         def line(a):
-            d = np.abs(
-                (a % period) - period / 2
-            )  # distance to the line centre, line at the middle of the cell
+            # distance to the line centre, line at the middle of the cell
+            d = np.abs((a % period) - period / 2)
             return np.clip(width / 2 - d + 0.5, 0.0, 1.0)
 
         t = np.maximum(line(u), line(v))

@@ -149,9 +149,8 @@ class Trainer:
     def __init__(self, cfg: TrainConfig, output: Path, world: World, progress: bool):
         self.cfg, self.output, self.world, self.progress = cfg, output, world, progress
         self.states = output / STATE_DIR
-        self.model = WMoECLIP(cfg.model).to(
-            world.device
-        )  # seeded by the model seed: the same on every process
+        # seeded by the model seed: the same on every process
+        self.model = WMoECLIP(cfg.model).to(world.device)
         heads = self.model.head_parameters()
         self.names, self.params = list(heads), list(heads.values())
         self.optimizer = torch.optim.Adam(self.params, lr=cfg.optim.lr, betas=cfg.optim.betas)
@@ -525,9 +524,7 @@ def publish(output: Path, repo_id: str) -> int:
                 shutil.copy2(output / name, Path(stage) / name)
         try:
             url = upload_checkpoint(stage, repo_id)
-        except (
-            Exception
-        ) as e:  # network, authentication, offline...: whatever the reason, the folder is complete
+        except Exception as e:  # network, authentication, offline: the folder is complete anyway
             print(
                 f"error: could not push {output} to the Hub as {repo_id} ({type(e).__name__}: {e}); the "
                 "checkpoint folder is complete, push it later with --resume --push-to-hub",
