@@ -353,7 +353,8 @@ def build_app(
         with gr.Tab("Batch"):
             gr.Markdown(
                 f"Several images, or a .zip of images (up to {MAX_BATCH_IMAGES}), with one class "
-                "name: a gallery sorted by score and a CSV of the scores and expert weights. Files "
+                "name (or, ticked, each zip folder's name): a gallery sorted by score, a CSV of the scores "
+                "and expert weights, each image's routing and the mean routing per class. Files "
                 "that cannot be read are listed with the reason; the rest are still scored."
             )
             with gr.Row():
@@ -365,6 +366,10 @@ def build_app(
                         elem_id="batch-files",
                     )
                     b_class, b_threshold = class_box("batch-class"), threshold_slider()
+                    b_from_folder = gr.Checkbox(
+                        label="Class name from the zip folder (an image in a folder of a .zip takes its name)",
+                        elem_id="batch-class-from-folder",
+                    )
                     b_run = gr.Button(
                         "Score all", variant="primary", elem_id="batch-run", interactive=can_run
                     )
@@ -378,10 +383,34 @@ def build_app(
                         elem_id="batch-gallery",
                     )
                     b_summary = gr.Markdown(label="Summary", elem_id="batch-summary")
+            with gr.Row(visible=has_moe):
+                b_strips = gr.Gallery(
+                    label="Routing strips",
+                    format="png",
+                    columns=4,
+                    height=260,
+                    object_fit="contain",
+                    elem_id="batch-routing-strips",
+                    scale=3,
+                )
+                with gr.Column(scale=2):
+                    b_chart = gr.Image(
+                        label="Routing chart",
+                        type="filepath",
+                        format="png",
+                        interactive=False,
+                        elem_id="batch-routing-chart",
+                    )
+                    b_routing = gr.Markdown(label="Routing per class", elem_id="batch-routing")
+            gr.Markdown(
+                "**Routing strips**: each image's SA-MoE routing weights, one cell per expert from left to "
+                "right, on a fixed 0..1 scale (dark = 0, yellow = 1), in the gallery's order.",
+                visible=has_moe,
+            )
             b_run.click(
                 views.batch,
-                [b_files, b_class, b_threshold],
-                [b_gallery, b_summary, b_csv],
+                [b_files, b_class, b_threshold, b_from_folder],
+                [b_gallery, b_summary, b_csv, b_strips, b_routing, b_chart],
                 api_name="batch",
                 **on_model,
             )

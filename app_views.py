@@ -21,7 +21,7 @@ import tempfile
 import time
 import zipfile
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 import gradio as gr
 import numpy as np
@@ -31,7 +31,8 @@ from wmoe import Detector, ImageError, Prediction
 from wmoe.checkpoint import includes_backbone
 from wmoe.precision import dtype_name
 from wmoe.preprocess import load_image
-from wmoe.render import colorize, map_to_png16, overlay, routing_chart
+from wmoe.render import class_routing_chart, colorize, map_to_png16, overlay, routing_chart, routing_strip
+from wmoe.routing import routing_by_class
 
 try:  # ZeroGPU on Spaces: the model runs inside spaces.GPU; elsewhere this is a no-op
     import spaces
@@ -597,6 +598,7 @@ class Views:
         paths: list[str],
         class_name: str,
         threshold: float,
+        class_from_folder: bool = False,
         progress=gr.Progress(),  # noqa: B008 (gradio's way)
     ):
         """Score several images, or .zip files of images, of one kind of object (at most
@@ -606,11 +608,15 @@ class Views:
             paths (list[str]): the images, or .zip files of images.
             class_name (str): what the objects are, in a few words (e.g. "screw").
             threshold (float): 0..1; images scoring at or above it are called anomalous.
+            class_from_folder (bool): an image in a folder of a .zip takes the folder's name as its class name.
 
         Returns:
             gallery: overlays sorted by score, highest first
             summary: Markdown, with the files that could not be read and why
-            csv: file, score, decision, CLS and SA-MoE scores, each expert's weight and score
+            csv: file, class name, score, decision, CLS and SA-MoE scores, each expert's weight and score
+            routing strips: each image's routing weights (one cell per expert, 0..1), in the gallery's order
+            routing per class: Markdown table of each class's mean routing weights and routing entropy
+            routing chart: the mean routing per class as stacked bars
         """
         detector, model = self.primary()
         if not paths:
@@ -631,7 +637,10 @@ class Views:
                 except ImageError as e:  # listed with its reason; the others are still scored
                     errors.append((name, without_name(str(e), name)))
             if loaded:
-                preds = run_model(detector, [im for _, im in loaded], class_name)
+                names = [
+                    (folder_class(n) or class_name) if class_from_folder else class_name for n, _ in loaded
+                ]
+                preds = run_model(detector, [im for _, im in loaded], names)
                 for (name, im), p in zip(loaded, preds, strict=True):
                     target = folder / f"{len(rows):03d}_{safe_stem(name)}.png"
                     small = thumbnail(im)
@@ -655,7 +664,46 @@ class Views:
                 f"**{len(errors)} file(s) not processed:**\n\n"
                 + "\n".join(f"- {md(name)}: {md(err)}" for name, err in errors)
             )
-        return gallery, "\n\n".join(head), str(csv_path)
+        return gallery, "\n\n".join(head), str(csv_path), *self.batch_routing(rows, folder)
+
+    @staticmethod
+    def batch_routing(rows, folder: Path) -> tuple[list, str, str | None]:
+        """Routing strips (in the gallery's order), the table of the mean routing per class, its chart."""
+        routed = [(name, p) for name, p, _ in rows if p.expert_weights is not None]
+        if not routed:
+            return [], "This model has no SA-MoE: no routing weights." if rows else "", None
+        strips = [
+            (
+                png(routing_strip(p.expert_weights), folder / f"{i:03d}_routing.png"),
+                f"{name}: " + " ".join(f"{w:.2f}" for w in p.expert_weights),
+            )
+            for i, (name, p) in enumerate(routed)
+        ]
+        by_class = routing_by_class(
+            np.stack([p.expert_weights for _, p in routed]), [p.class_name for _, p in routed]
+        )
+        E = len(routed[0][1].expert_weights)
+        table = [
+            "| class | images | " + " | ".join(f"expert {e + 1}" for e in range(E)) + " | entropy (0..1) |",
+            "|---|---:|" + "---:|" * (E + 1),
+        ]
+        table += [
+            f"| {md(short(c, 60))} | {r.images} | "
+            + " | ".join(f"{w:.3f}" for w in r.mean_weights)
+            + f" | {r.normalized_entropy:.3f} |"
+            for c, r in by_class.items()
+        ]
+        note = (
+            "Mean routing weight of each expert per class name; entropy: the images' mean routing entropy "
+            "over its maximum ln E (1 = uniform routing, 0 = one expert per image)."
+        )
+        chart = class_routing_chart({c: (r.mean_weights, r.normalized_entropy) for c, r in by_class.items()})
+        return strips, note + "\n\n" + "\n".join(table), png(chart, folder / "routing_by_class.png")
+
+
+def folder_class(name: str) -> str:
+    """The name of the folder a .zip member sits in ("screw/001.png" -> "screw"), or "" at the top."""
+    return PurePosixPath(name).parent.name
 
 
 def csv_cell(value) -> str:
@@ -693,7 +741,7 @@ def write_csv(path: Path, rows, errors, threshold: float, model: dict):
     """One row per scored image (score, decision, expert weights and scores), then the files that failed;
     every cell through `csv_cell`."""
     experts = max((len(p.expert_weights) for _, p, _ in rows if p.expert_weights is not None), default=0)
-    header = ["file", "score", "decision", "cls_score", "moe_score"]
+    header = ["file", "class_name", "score", "decision", "cls_score", "moe_score"]
     header += [f"weight_expert{i + 1}" for i in range(experts)]
     header += [f"score_expert{i + 1}" for i in range(experts)]
     header += ["model", "warning", "error"]
@@ -704,6 +752,7 @@ def write_csv(path: Path, rows, errors, threshold: float, model: dict):
         lines.append(
             [
                 name,
+                p.class_name,
                 p.score,
                 decision(p.score, threshold),
                 p.cls_score,
@@ -716,7 +765,7 @@ def write_csv(path: Path, rows, errors, threshold: float, model: dict):
             ]
         )
     for name, err in errors:
-        lines.append([name, *[None] * (4 + 2 * experts), model["name"], model["warning"], err])
+        lines.append([name, *[None] * (5 + 2 * experts), model["name"], model["warning"], err])
     with open(path, "w", newline="") as f:
         out = csv.writer(f)
         out.writerow(header)

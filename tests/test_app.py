@@ -218,7 +218,7 @@ def test_batch_sorts_by_score_and_lists_unreadable_files(client, tmp_path):
         z.write(paths[0], "inside/a.png")
         z.writestr("inside/readme.txt", "hello")
     files = [handle_file(str(p)) for p in [*paths, bad, archive]]
-    gallery, summary, csv_file = client.predict(files, "brick wall", 0.5, api_name="/batch")
+    gallery, summary, csv_file, *_ = client.predict(files, "brick wall", 0.5, api_name="/batch")
     scores = [float(g["caption"].split(": ")[1].split(" ")[0]) for g in gallery]
     assert len(gallery) == 4 and scores == sorted(scores, reverse=True)
     plain = summary.replace("\\", "")  # Markdown escapes
@@ -362,3 +362,44 @@ def test_routing_chart():
     assert a.shape == b.shape and a.shape[2] == 3 and not np.array_equal(a, b)
     with pytest.raises(ValueError, match="one weight and one score per expert"):
         routing_chart(np.ones(3) / 3, np.ones(4))
+
+
+def test_batch_shows_each_images_routing_and_the_mean_per_zip_folder(client, served, tmp_path):
+    archive = tmp_path / "parts.zip"
+    with zipfile.ZipFile(archive, "w") as z:
+        for i, folder in enumerate(["screw", "screw", "nut"]):
+            buffer = io.BytesIO()
+            Image.open(EXAMPLE).convert("RGB").rotate(60 * i).resize((64 + 8 * i, 48)).save(buffer, "png")
+            z.writestr(f"{folder}/{i}.png", buffer.getvalue())
+    gallery, _, csv_file, strips, table, chart = client.predict(
+        [handle_file(str(archive))], "part", 0.5, True, api_name="/batch"
+    )
+    rows = {r["file"]: r for r in csv.DictReader(io.StringIO(Path(csv_file).read_text()))}
+    assert {f: r["class_name"] for f, r in rows.items()} == {
+        "screw/0.png": "screw",
+        "screw/1.png": "screw",
+        "nut/2.png": "nut",
+    }
+    E = served.detector.config.num_experts
+    names = [g["caption"].split(":")[0] for g in gallery]
+    assert [
+        s["caption"].split(":")[0] for s in strips
+    ] == names  # one strip per image, in the gallery's order
+    for s in strips:
+        weights = [float(w) for w in s["caption"].split(": ")[1].split()]
+        csv_weights = [float(rows[s["caption"].split(":")[0]][f"weight_expert{e + 1}"]) for e in range(E)]
+        np.testing.assert_allclose(weights, csv_weights, atol=0.006)
+        assert Image.open(s["image"]).size == (32 * E - 1, 20)
+    lines = {line.split(" | ")[0].strip("| "): line for line in table.splitlines() if line.startswith("| ")}
+    for cls, files in {"screw": ["screw/0.png", "screw/1.png"], "nut": ["nut/2.png"]}.items():
+        cells = [c.strip() for c in lines[cls].strip("|").split("|")]
+        assert int(cells[1]) == len(files)
+        mean = [np.mean([float(rows[f][f"weight_expert{e + 1}"]) for f in files]) for e in range(E)]
+        np.testing.assert_allclose([float(c) for c in cells[2 : 2 + E]], mean, atol=2e-3)
+        assert 0 <= float(cells[2 + E]) <= 1
+    assert Image.open(chart).width == 640
+    _, _, csv_file, _, table, _ = client.predict(
+        [handle_file(str(archive))], "part", 0.5, False, api_name="/batch"
+    )
+    assert {r["class_name"] for r in csv.DictReader(io.StringIO(Path(csv_file).read_text()))} == {"part"}
+    assert "| part | 3 |" in table and "| screw |" not in table

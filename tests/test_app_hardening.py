@@ -139,7 +139,7 @@ def test_every_awkward_upload_then_a_normal_request(served, client, small_image,
 
 def test_the_battery_as_one_batch(client, tmp_path):
     cases = {n: c for n, c in write_cases(tmp_path).items() if isinstance(c[0], Path)}
-    gallery, summary, csv_file = client.predict(
+    gallery, summary, csv_file, *_ = client.predict(
         [handle_file(str(p)) for p, _ in cases.values()], "part", 0.5, api_name="/batch"
     )
     bad = {n: e for n, (_, e) in cases.items() if e}

@@ -2,7 +2,9 @@
 
     python -m training.evaluate --checkpoint runs/mvtec --data data/visa --out runs/mvtec/eval/visa
 
-Writes results.md (x100, one decimal), results.csv and metrics.json (fractions in 0..1). The model
+Writes results.md (x100, one decimal), results.csv and metrics.json (fractions in 0..1), and for a model
+with SA-MoE each class's mean routing weights and routing entropy (wmoe.routing): a table in results.md,
+routing.csv, a `routing` field in metrics.json and the chart routing.png. The model
 sees each image through the inference preprocessing (wmoe.preprocess) and gives the same anomaly map
 and image score as wmoe.Detector. Memory stays modest: classes are evaluated one at a time, and each
 class's maps and masks are kept at min(--map-size, model input size) pixels a side (float32 maps, uint8
@@ -42,6 +44,8 @@ from wmoe import load_model
 from wmoe import metrics as M
 from wmoe.errors import EXIT_ERROR, EXIT_OK, WMoEError
 from wmoe.precision import dtype_name
+from wmoe.render import class_routing_chart
+from wmoe.routing import summarize_routing
 
 METRICS = (
     "image_auroc",
@@ -67,7 +71,8 @@ def evaluate(
     progress: bool = True,
     desc: str | None = None,
 ) -> dict | None:
-    """Metrics of `model` on `dataset`, class by class: {"mean", "per_class", "counts", "images", "map_size"}.
+    """Metrics of `model` on `dataset`, class by class: {"mean", "per_class", "counts", "images", "map_size",
+    "routing"}; routing: {class: `RoutingSummary.to_dict()`}, or None for a model without SA-MoE.
 
     Every process must call it; the result is returned on the main process (None on the others).
     Pixel metrics use only images whose masks are known (see training/data.py); a class with a single
@@ -86,7 +91,7 @@ def evaluate(
         dynamic_ncols=True,
         mininterval=0.5 if sys.stderr.isatty() else 15,
     )
-    per_class, counts = {}, {}
+    per_class, counts, routing = {}, {}, {}
     try:
         for cls in dataset.classes:
             rows = _predict(
@@ -102,6 +107,8 @@ def evaluate(
             rows = {k: all_gather_rows(v, world) for k, v in rows.items()}
             if world.main:
                 per_class[cls], counts[cls] = _class_metrics(rows)
+                if rows["routing"].shape[1]:
+                    routing[cls] = summarize_routing(rows["routing"].double().numpy()).to_dict()
     finally:
         bar.close()
         model.train(was_training)
@@ -113,6 +120,7 @@ def evaluate(
         "counts": counts,
         "images": sum(c["images"] for c in counts.values()),
         "map_size": size,
+        "routing": routing or None,
     }
 
 
@@ -129,6 +137,8 @@ def _predict(
         generator=torch.Generator().manual_seed(0),
     )  # never touches the global RNG
     device = world.device
+    config = getattr(model, "module", model).config
+    experts = config.num_experts if config.use_moe else 0
     out = {
         "index": [torch.zeros(0, dtype=torch.long)],
         "label": [torch.zeros(0, dtype=torch.long)],
@@ -136,6 +146,7 @@ def _predict(
         "pixel_index": [torch.zeros(0, dtype=torch.long)],
         "map": [torch.zeros(0, size, size)],
         "mask": [torch.zeros(0, size, size, dtype=torch.uint8)],
+        "routing": [torch.zeros(0, experts)],
     }
     for batch in loader:
         with torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32):
@@ -144,6 +155,8 @@ def _predict(
         out["index"].append(batch["index"].long())
         out["label"].append(batch["label"].long())
         out["score"].append(pred.image_score.float().cpu())
+        if experts:
+            out["routing"].append(pred.routing_weights.float().cpu())
         if known.any():
             amap = pred.anomaly_map.float()[known.to(device)][:, None]
             if amap.shape[-1] != size:
@@ -184,6 +197,7 @@ def combine(results: dict[str, dict]) -> dict:
     per_class = {f"{d}/{c}": m for d, r in results.items() for c, m in r["per_class"].items()}
     counts = {f"{d}/{c}": m for d, r in results.items() for c, m in r["counts"].items()}
     per_dataset = {d: r["mean"] for d, r in results.items()}
+    routing = {f"{d}/{c}": m for d, r in results.items() for c, m in (r.get("routing") or {}).items()}
     return {
         "mean": M.macro_mean(per_dataset),
         "per_class": per_class,
@@ -191,6 +205,7 @@ def combine(results: dict[str, dict]) -> dict:
         "per_dataset": per_dataset,
         "images": sum(r["images"] for r in results.values()),
         "map_size": max(r["map_size"] for r in results.values()),
+        "routing": routing or None,
     }
 
 
@@ -235,6 +250,50 @@ def csv_text(result: dict) -> str:
     return buf.getvalue()
 
 
+def routing_table(result: dict) -> str:
+    """Each class's mean routing weight per expert and its mean routing entropy (nats, and over ln E)."""
+    routing = result.get("routing")
+    if not routing:
+        return "This model has no SA-MoE: there are no routing weights to report.\n"
+    experts = len(next(iter(routing.values()))["mean_weights"])
+    head = "| class | images | " + " | ".join(f"expert {e + 1}" for e in range(experts))
+    lines = [head + " | entropy (nats) | entropy / ln E |", "|---|---:|" + "---:|" * (experts + 2)]
+    for cls, r in routing.items():
+        weights = " | ".join(f"{w:.3f}" for w in r["mean_weights"])
+        lines.append(
+            f"| {cls} | {r['images']} | {weights} | {r['entropy']:.3f} | {r['normalized_entropy']:.3f} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def routing_csv(result: dict) -> str:
+    """One row per class: images, mean weight of each expert, entropy (nats) and entropy / ln E."""
+    routing = result["routing"]
+    experts = len(next(iter(routing.values()))["mean_weights"])
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(
+        [
+            "class",
+            "images",
+            *(f"weight_expert{e + 1}" for e in range(experts)),
+            "entropy",
+            "normalized_entropy",
+        ]
+    )
+    for cls, r in routing.items():
+        w.writerow(
+            [
+                cls,
+                r["images"],
+                *(f"{x:.6f}" for x in r["mean_weights"]),
+                f"{r['entropy']:.6f}",
+                f"{r['normalized_entropy']:.6f}",
+            ]
+        )
+    return buf.getvalue()
+
+
 def to_json(obj) -> str:
     """JSON with NaN written as null (strict JSON readers reject NaN)."""
 
@@ -251,13 +310,22 @@ def to_json(obj) -> str:
 
 
 def write_results(result: dict, out: str | Path, extra: dict | None = None, title: str = "") -> None:
-    """results.md, results.csv and metrics.json in `out`."""
+    """results.md, results.csv and metrics.json in `out`; routing.csv and routing.png for a model with SA-MoE."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     note = "Metrics x100, one decimal; n/a = undefined (a class with a single label, or no pixel masks).\n"
-    (out / "results.md").write_text(
-        (f"# {title}\n\n" if title else "") + note + "\n" + markdown_table(result)
+    routing = (
+        "\n## SA-MoE routing per class\n\nMean routing weight of each expert over the class's images, and the "
+        "mean of the images' routing entropies (ln E = uniform routing, 0 = one expert per image).\n\n"
+        + routing_table(result)
     )
+    (out / "results.md").write_text(
+        (f"# {title}\n\n" if title else "") + note + "\n" + markdown_table(result) + routing
+    )
+    if result.get("routing"):
+        (out / "routing.csv").write_text(routing_csv(result))
+        chart = {c: (r["mean_weights"], r["normalized_entropy"]) for c, r in result["routing"].items()}
+        class_routing_chart(chart).save(out / "routing.png")
     (out / "results.csv").write_text(csv_text(result))
     (out / "metrics.json").write_text(to_json({**result, **(extra or {})}))
 

@@ -1,5 +1,5 @@
 """Rendering: heatmap overlays on the user's image at its own resolution, with the region outlined;
-the SA-MoE routing chart.
+the SA-MoE routing chart, routing strips (one image) and the mean routing per class.
 
 Maps are probabilities: by default the colour scale is fixed to 0..1 (a normal image stays cool);
 `stretch=True` maps each image's own min..max instead, and callers must label it as such.
@@ -88,6 +88,56 @@ def routing_chart(
     ax.set_xlim(0, 1)
     ax.set_title(title)
     ax.legend(loc="upper center", bbox_to_anchor=(0.4, -0.12), ncols=3, fontsize=7, frameon=False)
+    fig.tight_layout()
+    canvas.draw()
+    return Image.fromarray(np.asarray(canvas.buffer_rgba())).convert("RGB")
+
+
+def routing_strip(weights: np.ndarray, cell: int = 32, height: int = 20) -> Image.Image:
+    """One image's routing as a heat strip: one cell per expert, left to right, coloured by its weight on
+    a fixed 0..1 scale (viridis: dark = 0, yellow = 1), so strips of different images compare directly."""
+    weights = np.asarray(weights, dtype=float)
+    if weights.ndim != 1 or weights.size == 0:
+        raise ValueError(f"need one routing weight per expert, got shape {weights.shape}")
+    colours = colorize(weights[None], cmap="viridis")[0]  # (E, 3)
+    strip = np.repeat(np.repeat(colours[None], height, axis=0), cell, axis=1)
+    strip[:, cell - 1 :: cell] = 255  # a thin white line between experts
+    return Image.fromarray(strip[:, :-1] if strip.shape[1] > 1 else strip)
+
+
+def class_routing_chart(
+    summaries: dict[str, tuple[np.ndarray, float]],
+    title: str = "Mean SA-MoE routing per class",
+    width: int = 640,
+) -> Image.Image:
+    """Stacked bars, one per class: its mean routing weight of each expert (sums to 1), and beside its
+    name the mean routing entropy normalised to 0..1 (1 = uniform). summaries: {class: (weights, entropy)}."""
+    if not summaries:
+        raise ValueError("no classes to chart")
+    names = list(summaries)
+    weights = np.stack([np.asarray(summaries[n][0], dtype=float) for n in names])
+    if weights.ndim != 2 or weights.shape[1] == 0:
+        raise ValueError(f"need one weight per expert for every class, got shape {weights.shape}")
+    fig = Figure(figsize=(width / 100, 1.2 + 0.35 * len(names)), dpi=100)
+    canvas = FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+    y, left = np.arange(len(names)), np.zeros(len(names))
+    cmap = colormaps["tab10"]
+    for e in range(weights.shape[1]):
+        ax.barh(y, weights[:, e], left=left, color=cmap(e % 10), label=f"expert {e + 1}")
+        left += weights[:, e]
+    ax.set_yticks(y, [f"{n[:40]}  (entropy {summaries[n][1]:.2f})" for n in names], fontsize=8)
+    ax.invert_yaxis()
+    ax.set_xlim(0, 1)
+    ax.set_xlabel("mean routing weight")
+    ax.set_title(title)
+    ax.legend(
+        loc="upper center",
+        bbox_to_anchor=(0.5, -0.25 if len(names) < 4 else -0.1),
+        ncols=8,
+        fontsize=7,
+        frameon=False,
+    )
     fig.tight_layout()
     canvas.draw()
     return Image.fromarray(np.asarray(canvas.buffer_rgba())).convert("RGB")
