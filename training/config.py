@@ -16,6 +16,7 @@ from pathlib import Path
 import yaml
 
 from training.distributed import PRECISIONS
+from training.feature_cache import STORAGE as CACHE_STORAGE
 from training.synthetic import generate
 from wmoe.config import ConfigError, WMoEConfig
 from wmoe.errors import WMoEError
@@ -107,6 +108,9 @@ class TrainConfig:
     device: str = "auto"  # auto | cpu | cuda
     precision: str = "auto"  # auto (bf16 autocast on a CUDA GPU that supports it, else fp32) | fp32 | bf16
     cpu_threads: int = 0  # torch CPU threads of each process; 0 = PyTorch's default (one per core)
+    feature_cache: str = ""  # folder of cached backbone features (training/feature_cache.py); "" = none
+    # entry precision: fp32 (training gives the weights of an uncached run) | fp16 (half the disk)
+    feature_cache_dtype: str = "fp32"
     # datasets generated before training: training.synthetic.generate arguments, with a root
     synthetic: list[dict] = field(default_factory=list)
     optim: Optim = field(default_factory=Optim)
@@ -119,6 +123,13 @@ class TrainConfig:
         _check(self.device in DEVICES, "device", f"one of {list(DEVICES)}", self.device)
         _check(self.precision in PRECISIONS, "precision", f"one of {list(PRECISIONS)}", self.precision)
         _check(self.cpu_threads >= 0, "cpu_threads", ">= 0", self.cpu_threads)
+        storages = list(CACHE_STORAGE)
+        _check(
+            self.feature_cache_dtype in CACHE_STORAGE,
+            "feature_cache_dtype",
+            f"one of {storages}",
+            self.feature_cache_dtype,
+        )
 
     @property
     def sha256(self) -> str:
@@ -151,6 +162,8 @@ def load_config(path: str | Path, output: str | Path) -> TrainConfig:
         device=raw.get("device", "auto"),
         precision=raw.get("precision", "auto"),
         cpu_threads=_typed(raw.get("cpu_threads", 0), int, f"{where}: cpu_threads"),
+        feature_cache=_typed(raw.get("feature_cache", ""), str, f"{where}: feature_cache"),
+        feature_cache_dtype=raw.get("feature_cache_dtype", "fp32"),
         synthetic=[
             _synthetic(s, f"{where}: synthetic[{i}]") for i, s in enumerate(_listed(raw, "synthetic", where))
         ],

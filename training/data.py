@@ -12,9 +12,10 @@ import json
 from pathlib import Path
 
 import torch
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, default_collate
 
 from wmoe.errors import WMoEError
+from training.feature_cache import FeatureCache
 from wmoe.preprocess import load_image, mask_to_tensor, to_tensor
 
 ENTRY_KEYS = ("img_path", "mask_path", "cls_name", "specie_name", "anomaly")
@@ -77,7 +78,8 @@ def prompt_name(cls_name: str) -> str:
 
 class MetaDataset(Dataset):
     """Items: image (3, S, S) CLIP-normalised, mask (M, M) bool, has_mask, label, class_name, cls_name,
-    path, index."""
+    path, index. With a feature cache also feature_key and features (the cached BackboneFeatures, or
+    None); image is then None when features are cached. Batch them with `collate`."""
 
     def __init__(
         self,
@@ -90,11 +92,13 @@ class MetaDataset(Dataset):
         std: tuple,
         mask_size: int | None = None,
         name: str = "",
+        features: FeatureCache | None = None,
     ):
         self.root = Path(root)
         self.name = name or self.root.name
         self.entries = load_entries(root, meta, classes)
         self.image_size, self.mean, self.std = image_size, mean, std
+        self.features = features
         self.mask_size = mask_size or image_size
         masked = {e["cls_name"] for e in self.entries if e["anomaly"] and e["mask_path"]}
         self.has_mask = [
@@ -111,13 +115,23 @@ class MetaDataset(Dataset):
     def __getitem__(self, index: int) -> dict:
         e = self.entries[index]
         path = self.root / e["img_path"]
-        image = to_tensor(load_image(path), self.image_size, self.mean, self.std)
+        item = {}
+        if (
+            self.features is not None
+        ):  # the entry when there is a valid one, else the image to compute it from
+            key = self.features.image_key(path) if path.is_file() else ""
+            cached = self.features.load(key) if key else None
+            item = {"feature_key": key, "features": cached}
+        if item.get("features") is None:
+            item["image"] = to_tensor(load_image(path), self.image_size, self.mean, self.std)
+        else:
+            item["image"] = None
         if e["mask_path"]:
             mask = mask_to_tensor(load_image(self.root / e["mask_path"]), self.mask_size)
         else:
             mask = torch.zeros(self.mask_size, self.mask_size, dtype=torch.bool)
         return {
-            "image": image,
+            **item,
             "mask": mask,
             "has_mask": self.has_mask[index],
             "label": int(e["anomaly"]),
@@ -126,3 +140,13 @@ class MetaDataset(Dataset):
             "path": str(path),
             "index": index,
         }
+
+
+def collate(items: list[dict]) -> dict:
+    """torch's default collation, except that image and features stay lists when a feature cache is on
+    (a batch then mixes cached features and images still to encode)."""
+    if "features" not in items[0]:
+        return default_collate(items)
+    kept = {k: [it[k] for it in items] for k in ("image", "features", "feature_key")}
+    rest = default_collate([{k: v for k, v in it.items() if k not in kept} for it in items])
+    return {**rest, **kept}

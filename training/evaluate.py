@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, Subset
 from tqdm import tqdm
 
-from training.data import MetaDataset
+from training.data import MetaDataset, collate
 from training.distributed import (
     PRECISIONS,
     World,
@@ -40,6 +40,7 @@ from training.distributed import (
     init_world,
     shard,
 )
+from training.feature_cache import STORAGE, FeatureCache, batch_inputs
 from wmoe import load_model
 from wmoe import metrics as M
 from wmoe.errors import EXIT_ERROR, EXIT_OK, WMoEError
@@ -133,6 +134,7 @@ def _predict(
         subset,
         batch_size=batch_size,
         shuffle=False,
+        collate_fn=collate,
         num_workers=num_workers,
         generator=torch.Generator().manual_seed(0),
     )  # never touches the global RNG
@@ -149,8 +151,11 @@ def _predict(
         "routing": [torch.zeros(0, experts)],
     }
     for batch in loader:
+        inputs = batch_inputs(
+            batch, model, subset.dataset.features, device, dtype
+        )  # images, or their features
         with torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32):
-            pred = model(batch["image"].to(device, non_blocking=True), list(batch["class_name"]))
+            pred = model(inputs, list(batch["class_name"]))
         known = batch["has_mask"].bool()
         out["index"].append(batch["index"].long())
         out["label"].append(batch["label"].long())
@@ -352,6 +357,13 @@ def main(argv: list[str] | None = None) -> int:
         "--cpu-threads", type=int, default=0, help="torch CPU threads (default: PyTorch's, one per core)"
     )
     ap.add_argument("--no-progress", action="store_true")
+    ap.add_argument("--feature-cache", metavar="DIR", default=None, help="cache the backbone features here")
+    ap.add_argument(
+        "--feature-cache-dtype",
+        choices=sorted(STORAGE),
+        default="fp32",
+        help="entry precision (default fp32)",
+    )
     args = ap.parse_args(argv)
     if args.batch_size < 1 or args.map_size < 8 or args.num_workers < 0 or args.cpu_threads < 0:
         ap.error("--batch-size >= 1, --map-size >= 8, --num-workers >= 0 and --cpu-threads >= 0 are required")
@@ -363,6 +375,12 @@ def main(argv: list[str] | None = None) -> int:
         model, info = load_model(args.checkpoint)
         model.to(world.device)
         size = model.config.image_size
+        dtype = autocast_dtype(world.device, args.precision)
+        cache = None
+        if args.feature_cache:
+            cache = FeatureCache(
+                args.feature_cache, model.backbone, model.config.layers, dtype, args.feature_cache_dtype
+            )
         dataset = MetaDataset(
             args.data,
             args.meta,
@@ -371,8 +389,8 @@ def main(argv: list[str] | None = None) -> int:
             mean=model.backbone.mean,
             std=model.backbone.std,
             mask_size=min(args.map_size, size),
+            features=cache,
         )
-        dtype = autocast_dtype(world.device, args.precision)
         if world.main and not info.get("trained"):
             print(f"note: {args.checkpoint} is marked UNTRAINED in its config.json", file=sys.stderr)
         start = time.perf_counter()

@@ -35,7 +35,7 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from training.config import TrainConfig, load_config
-from training.data import MetaDataset
+from training.data import MetaDataset, collate
 from training.distributed import (
     EpochSampler,
     World,
@@ -48,6 +48,7 @@ from training.distributed import (
 )
 from training.evaluate import combine, markdown_table, to_json, write_results
 from training.evaluate import evaluate as evaluate_dataset
+from training.feature_cache import STORAGE, FeatureCache, batch_inputs
 from training.prepare_data import prepare
 from training.state import (
     StateSaveError,
@@ -101,9 +102,20 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument(
         "--no-progress", action="store_true", help="no progress bars (the logs are still written)"
     )
+    ap.add_argument(
+        "--feature-cache",
+        metavar="DIR",
+        default=None,
+        help="cache the backbone features here (overrides the recipe)",
+    )
+    ap.add_argument(
+        "--feature-cache-dtype", choices=sorted(STORAGE), default=None, help="entry precision (default fp32)"
+    )
     args = ap.parse_args(argv)
     try:
         cfg = load_config(args.config, args.output)
+        cfg.feature_cache = args.feature_cache or cfg.feature_cache
+        cfg.feature_cache_dtype = args.feature_cache_dtype or cfg.feature_cache_dtype
         result = run(cfg, Path(args.output), resume=args.resume, progress=not args.no_progress)
     except WMoEError as e:
         print(f"error: {e}", file=sys.stderr)
@@ -135,6 +147,7 @@ def run(cfg: TrainConfig, output: Path, resume: bool = False, progress: bool = T
         trainer.start(resume)
         trainer.fit()
         result = trainer.evaluate("trained")
+        trainer.cache_totals = trainer.cache_report() if trainer.cache is not None else None  # every process
         if not world.main:
             return None
         return write_outputs(trainer, result, untrained, time.perf_counter() - started)
@@ -155,8 +168,21 @@ class Trainer:
         self.names, self.params = list(heads), list(heads.values())
         self.optimizer = torch.optim.Adam(self.params, lr=cfg.optim.lr, betas=cfg.optim.betas)
         bb, size, t = self.model.backbone, cfg.model.image_size, cfg.train
+        self.dtype = autocast_dtype(world.device, cfg.precision)
+        self.cache = (
+            FeatureCache(cfg.feature_cache, bb, cfg.model.layers, self.dtype, cfg.feature_cache_dtype)
+            if cfg.feature_cache
+            else None
+        )
         self.train_set = MetaDataset(
-            t.root, t.meta, t.classes, image_size=size, mean=bb.mean, std=bb.std, name=t.name
+            t.root,
+            t.meta,
+            t.classes,
+            image_size=size,
+            mean=bb.mean,
+            std=bb.std,
+            name=t.name,
+            features=self.cache,
         )
         self.eval_sets = {
             s.name: MetaDataset(
@@ -168,21 +194,33 @@ class Trainer:
                 std=bb.std,
                 mask_size=min(cfg.eval.map_size, size),
                 name=s.name,
+                features=self.cache,
             )
             for s in cfg.eval.datasets
         }
-        self.dtype = autocast_dtype(world.device, cfg.precision)
         self.sampler = EpochSampler(len(self.train_set), cfg.optim.batch_size, world, cfg.seed)
         self.total_steps = cfg.optim.epochs * self.sampler.batches_per_epoch
         self.epoch = self.batch_in_epoch = self.step = 0
         self.resumed_from: int | None = None  # the step of the state --resume started from
         self.net = self.model  # the DDP wrapper under torchrun
         self.log = StepLog(output / LOG_NAME, active=False)
+        self.cache_totals: dict | None = None  # the feature cache's counts at the end, for metrics.json
         say(
             world,
             f"training on {len(self.train_set)} images ({len(self.train_set.classes)} classes) of "
             f"{t.root}; {world.size} process(es) on {world.device}, {dtype_name(self.dtype)}",
         )
+
+    def cache_report(self) -> dict:
+        """The feature cache's folder and this run's counts, summed over processes."""
+        stats = self.cache.stats
+        keys = ("hits", "computed", "damaged", "written")
+        total = all_reduce(torch.tensor([getattr(stats, k) for k in keys], dtype=torch.long), self.world)
+        return {
+            "dir": str(self.cache.dir),
+            "storage": self.cache.storage,
+            **dict(zip(keys, total.tolist(), strict=True)),
+        }
 
     def evaluate(self, label: str) -> dict | None:
         """Every evaluation dataset, combined on the main process (None elsewhere, or without datasets)."""
@@ -263,6 +301,7 @@ class Trainer:
                 self.train_set,
                 batch_size=cfg.optim.batch_size,
                 sampler=self.sampler,
+                collate_fn=collate,
                 num_workers=cfg.optim.num_workers,
                 pin_memory=self.world.device.type == "cuda",
                 generator=torch.Generator().manual_seed(cfg.seed * 1000 + self.epoch),
@@ -310,9 +349,9 @@ class Trainer:
     def train_step(self, batch) -> tuple[dict[str, float], float]:
         """One optimiser step; stops the run (every process) on a non-finite loss or gradient norm."""
         device = self.world.device
-        images = batch["image"].to(device, non_blocking=True)
+        inputs = batch_inputs(batch, self.model, self.cache, device, self.dtype)  # images, or their features
         with torch.autocast(device.type, dtype=self.dtype, enabled=self.dtype != torch.float32):
-            out = self.net(images, list(batch["class_name"]))
+            out = self.net(inputs, list(batch["class_name"]))
         loss, parts = wmoe_loss(
             out,
             batch["label"].to(device),
@@ -500,6 +539,7 @@ def write_outputs(trainer: Trainer, result: dict | None, untrained: dict | None,
         "epochs": cfg.optim.epochs,
         "seconds": round(seconds, 1),  # wall time of this invocation (from the resumed state if resumed)
         "resumed_from_step": trainer.resumed_from,
+        "feature_cache": trainer.cache_totals,
     }
     metrics = {**(result or {"mean": {}, "per_class": {}}), **extra}
     if result is None:

@@ -71,21 +71,18 @@ class WMoECLIP(nn.Module):
 
     def forward(
         self,
-        images: torch.Tensor,
+        inputs: torch.Tensor | BackboneFeatures,
         class_names: list[str],
         *,
         skip: frozenset[str] | set[str] = frozenset(),
         ctds_samples: int = 0,
         timings: dict[str, float] | None = None,
     ) -> WMoEOutput:
-        """images (B, 3, S, S) normalised for CLIP; one class name per image: `heads(encode(images))`."""
-        return self.heads(
-            self.encode(images, timings=timings),
-            class_names,
-            skip=skip,
-            ctds_samples=ctds_samples,
-            timings=timings,
-        )
+        """`heads(encode(images))` for images (B, 3, S, S) normalised for CLIP; `heads(features)` for
+        features already computed (shared or cached). One class name per image."""
+        if isinstance(inputs, torch.Tensor):
+            inputs = self.encode(inputs, timings=timings)
+        return self.heads(inputs, class_names, skip=skip, ctds_samples=ctds_samples, timings=timings)
 
     def encode(
         self,

@@ -131,6 +131,12 @@ def _from_array(a: np.ndarray) -> Image.Image:
     return _to_rgb(Image.fromarray(np.ascontiguousarray(a)), "the array")
 
 
+PREPROCESSING = (
+    "rgb-squash-bicubic-1"  # names what to_tensor does: change it whenever to_tensor changes (it keys
+)
+# cached features: training/feature_cache.py)
+
+
 def to_tensor(image: Image.Image, size: int, mean: tuple, std: tuple) -> torch.Tensor:
     """RGB PIL image -> CLIP-normalised float tensor (3, size, size); bicubic squash resize."""
     resized = image.resize((size, size), Image.BICUBIC)
