@@ -14,8 +14,8 @@ from pathlib import Path
 import torch
 from torch.utils.data import Dataset, default_collate
 
-from wmoe.errors import WMoEError
 from training.feature_cache import FeatureCache
+from wmoe.errors import WMoEError
 from wmoe.preprocess import load_image, mask_to_tensor, to_tensor
 
 ENTRY_KEYS = ("img_path", "mask_path", "cls_name", "specie_name", "anomaly")
