@@ -15,10 +15,26 @@ import logging
 import os
 import re
 from pathlib import Path
+from urllib.parse import unquote, urlsplit
 
 import gradio as gr
+import gradio.route_utils
+import gradio.utils
+import gradio_client.utils
 
-from app_views import CTDS_SAMPLES, MAX_BATCH_IMAGES, UNTRAINED, Views, md, public, unreadable, user_error
+from app_views import (
+    CTDS_SAMPLES,
+    MAX_BATCH_IMAGES,
+    SCALE_VALUES,
+    SCALES,
+    UNTRAINED,
+    Views,
+    md,
+    public,
+    unreadable,
+    user_error,
+    valid,
+)
 from wmoe import CheckpointError, ConfigError, Detector, WeightsNotFoundError, WMoEConfig
 from wmoe.checkpoint import includes_backbone
 from wmoe.config import DEFAULT_CLASS
@@ -26,10 +42,6 @@ from wmoe.precision import DTYPES
 
 log = logging.getLogger("wmoe.app")
 EXAMPLES_JSON = Path(__file__).resolve().parent / "assets" / "examples" / "examples.json"
-SCALES = [
-    ("fixed 0..1 (probabilities; comparable across images)", "fixed"),
-    ("stretched per image (its own min..max; NOT comparable across images)", "stretch"),
-]
 CSS = """
 #banner {background: #fff4e5; border: 1px solid #e8a33d; border-radius: 8px; padding: 6px 14px;}
 #banner p, #banner li {color: #5c3b00; margin: 2px 0;}
@@ -120,7 +132,52 @@ def image_input(elem_id: str) -> gr.Image:
         webcam_options=gr.WebcamOptions(mirror=False),
     )
     component.preprocess = readable_upload_errors(component.preprocess)
+    return uploads_only(component)
+
+
+def uploads_only(component):
+    """A file input that takes only files uploaded to this server (`uploaded_path`). gradio checks a file
+    value against its upload folder only when the value is marked as a file (`meta`): an unmarked
+    `{"path": ...}` reaches the component as is, and PIL would open any image on the server. A URL would be
+    downloaded by the server on the caller's behalf (gradio refuses private addresses, not the size)."""
+    preprocess, fetch = component.preprocess, component.async_move_resource_to_block_cache
+
+    def only_uploads(payload):
+        files = getattr(payload, "root", payload)
+        for f in files if isinstance(files, list) else [files]:
+            if f is not None:
+                f.path = uploaded_path(f.path)
+        return preprocess(payload)
+
+    async def never_fetch(path):
+        is_url = path is not None and gradio_client.utils.is_http_url_like(str(path))
+        return await fetch(uploaded_path(path) if is_url else path)
+
+    component.preprocess, component.async_move_resource_to_block_cache = only_uploads, never_fetch
     return component
+
+
+def checked(component, what: str, options: tuple | type | None = None):
+    """An input whose value is checked (`app_views.valid`) before gradio's own preprocess, which lets NaN
+    through and answers a string for a number with an error that has no message."""
+    preprocess = component.preprocess
+    component.preprocess = lambda payload: preprocess(valid(what, payload, options))
+    return component
+
+
+def uploaded_path(value) -> str:
+    """The local path of a file uploaded to this server, given as its path or as its own `/gradio_api/file=`
+    URL (what an MCP client gets back from uploading); anything else is refused, never read or fetched."""
+    path = str(value)
+    if gradio_client.utils.is_http_url_like(path):
+        _, _, path = unquote(urlsplit(path).path).partition(f"{gradio.route_utils.API_PREFIX}/file=")
+        if not path:
+            raise user_error(
+                "Images are not fetched from URLs here: upload the file (its /gradio_api/file= URL works too)."
+            )
+    if not gradio.utils.is_in_or_equal(gradio.utils.abspath(path), gradio.utils.get_upload_folder()):
+        raise user_error("Only uploaded files are accepted, not a path on the server: upload the file.")
+    return path
 
 
 def readable_upload_errors(preprocess):
@@ -183,7 +240,7 @@ def build_app(
     on_model = dict(concurrency_id="model", concurrency_limit=concurrency)  # all model events share the limit
 
     def threshold_slider():
-        return gr.Slider(
+        slider = gr.Slider(
             0,
             1,
             value=0.5,
@@ -191,14 +248,19 @@ def build_app(
             label="Threshold",
             info="outlines the region at or above it; decides normal / anomalous",
         )
+        return checked(slider, "the threshold")
 
     def opacity_slider():
-        return gr.Slider(0, 1, value=0.5, step=0.05, label="Overlay opacity")
+        return checked(gr.Slider(0, 1, value=0.5, step=0.05, label="Overlay opacity"), "the opacity")
 
     def class_box(elem_id: str):
-        return gr.Textbox(
+        box = gr.Textbox(
             value=DEFAULT_CLASS, label="Class name (what the object is)", max_lines=1, elem_id=elem_id
         )
+        return checked(box, "the class name", str)
+
+    def scale_radio(label: str):
+        return checked(gr.Radio(SCALES, value="fixed", label=label), "the colour scale", SCALE_VALUES)
 
     page = gr.Blocks(title="WMoE-CLIP anomaly detection", delete_cache=(3600, 3600), analytics_enabled=False)
     with page as demo:
@@ -217,6 +279,7 @@ def build_app(
                         label=f"CTDS sampling ({CTDS_SAMPLES} prompt samples): uncertainty map",
                         visible=has_ctds,
                     )
+                    checked(ctds, "CTDS sampling", (False, True))
                     run = gr.Button("Run", variant="primary", elem_id="run", interactive=can_run)
                     gr.Markdown(
                         "Run is disabled: no model could be loaded (see the note at the top).",
@@ -244,7 +307,7 @@ def build_app(
                     score = gr.Markdown("Run the model to see the score.", label="Score", elem_id="score")
                     with gr.Row():
                         threshold, opacity = threshold_slider(), opacity_slider()
-                    scale = gr.Radio(SCALES, value="fixed", label="Colour scale")
+                    scale = scale_radio("Colour scale")
             with gr.Row():
                 routing = gr.Image(
                     label="Routing",
@@ -328,7 +391,7 @@ def build_app(
                 with gr.Column(scale=1):
                     c_image, c_class = image_input("compare-image"), class_box("compare-class")
                     c_threshold, c_opacity = threshold_slider(), opacity_slider()
-                    c_scale = gr.Radio(SCALES, value="fixed", label="Colour scale (shared by all variants)")
+                    c_scale = scale_radio("Colour scale (shared by all variants)")
                     c_run = gr.Button(
                         "Compare", variant="primary", elem_id="compare-run", interactive=can_run
                     )
@@ -359,11 +422,13 @@ def build_app(
             )
             with gr.Row():
                 with gr.Column(scale=1):
-                    b_files = gr.File(
-                        label="Images or .zip",
-                        file_count="multiple",
-                        file_types=["image", ".zip"],
-                        elem_id="batch-files",
+                    b_files = uploads_only(
+                        gr.File(
+                            label="Images or .zip",
+                            file_count="multiple",
+                            file_types=["image", ".zip"],
+                            elem_id="batch-files",
+                        )
                     )
                     b_class, b_threshold = class_box("batch-class"), threshold_slider()
                     b_from_folder = gr.Checkbox(

@@ -55,6 +55,11 @@ VARIANTS = [
     ("without CTDS", frozenset({"ctds"}), "use_ctds", "CTDS"),
     ("SA-MoE with uniform weights", frozenset({"routing"}), "use_moe", "SA-MoE"),
 ]
+SCALES = [  # the colour scales offered: (label, value)
+    ("fixed 0..1 (probabilities; comparable across images)", "fixed"),
+    ("stretched per image (its own min..max; NOT comparable across images)", "stretch"),
+]
+SCALE_VALUES = tuple(v for _, v in SCALES)
 BASELINE_NAME = "training-free CLIP baseline"
 BATCH_CHUNK = 8  # images per model call in the Batch view
 MAX_BATCH_IMAGES = 100
@@ -139,6 +144,30 @@ def user_errors(fn):
             ) from None
 
     return wrapper
+
+
+def valid(what: str, value, options: tuple | type | None = None):
+    """`value` if the page could have sent it, else a clear gr.Error: without `options` a finite number in
+    [0, 1] (every slider here), else one of `options` (radios, checkboxes) or an instance of that type."""
+    if options is None:
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool) and 0 <= value <= 1
+        expected = "a number from 0 to 1"
+    elif isinstance(options, type):
+        ok, expected = isinstance(value, options), f"a {options.__name__}"
+    else:
+        ok = any(type(value) is type(o) and value == o for o in options)
+        expected = "one of " + ", ".join(map(repr, options))
+    if not ok:  # NaN fails 0 <= value
+        shown = html.escape(short(repr(value), 40))
+        raise user_error(f"{what} must be {expected}, not {shown}", title="Invalid value")
+    return value
+
+
+def settings(threshold, opacity, scale):
+    """The display settings every view shares, checked."""
+    valid("the threshold", threshold)
+    valid("the opacity", opacity)
+    valid("the colour scale", scale, SCALE_VALUES)
 
 
 def decision(score: float, threshold: float) -> str:
@@ -405,6 +434,9 @@ class Views:
             timings: Markdown, seconds per stage
             downloads: the map as a 16-bit PNG and as .npy, and the result as JSON
         """
+        valid("the class name", class_name, str)
+        valid("CTDS sampling", sample_ctds, (False, True))
+        settings(threshold, opacity, scale)
         detector, model = self.primary()
         image = self.image(image_path)
         pred = run_model(detector, [image], class_name, ctds_samples=CTDS_SAMPLES if sample_ctds else 0)[0]
@@ -447,6 +479,8 @@ class Views:
             image_size [height, width], notes, model, and anomaly_map_png16: the map at the image's size
             as a base64 16-bit grayscale PNG (pixel / 65535 = probability)
         """
+        valid("the class name", class_name, str)
+        valid("the threshold", threshold)
         detector, model = self.primary()
         pred = run_model(detector, [self.image(image_path)], class_name)[0]
         return result_json(pred, threshold, model) | {"anomaly_map_png16": png16_base64(pred.anomaly_map)}
@@ -455,6 +489,7 @@ class Views:
     def render(self, result: Result | None, threshold: float, opacity: float, scale: str):
         """Everything that depends on the display settings, drawn from the stored prediction only (an
         internal event of the page, not a public endpoint)."""
+        settings(threshold, opacity, scale)
         if result is None:  # settings moved before the first run: nothing to redraw
             return tuple(gr.skip() for _ in range(6))
         p, small, stretch = result.pred, result.small, scale == "stretch"
@@ -534,6 +569,8 @@ class Views:
             variants: one overlay per variant, captioned with its image score
             scores: Markdown table of each variant's score, decision, CLS and SA-MoE scores
         """
+        valid("the class name", class_name, str)
+        settings(threshold, opacity, scale)
         _, model = self.primary()
         image = self.image(image_path)
         variants, missing = [], []
@@ -618,6 +655,8 @@ class Views:
             routing per class: Markdown table of each class's mean routing weights and routing entropy
             routing chart: the mean routing per class as stacked bars
         """
+        valid("the class name", class_name, str)
+        valid("the threshold", threshold)
         detector, model = self.primary()
         if not paths:
             raise user_error("Choose some images (or a .zip of images) first.", title="No files")

@@ -7,16 +7,24 @@ still answers a normal request afterwards. The only addresses used are loopback 
 """
 
 import csv
+import http.client
+import http.server
 import io
+import json
+import threading
 import tracemalloc
 import zipfile
 from pathlib import Path
 from types import SimpleNamespace
+from urllib.parse import quote, urlsplit
 
+import httpx
 import numpy as np
 import pytest
 from app_server import serve
+from gradio import utils as gradio_utils
 from gradio_client import Client, handle_file
+from gradio_client.exceptions import AppError
 from PIL import Image
 
 import app
@@ -219,4 +227,374 @@ def encrypted(source: Path, member: str, target: Path) -> Path:
 def test_a_zip_bomb_through_the_server_gets_a_reason_and_the_server_still_serves(client, bomb, small_image):
     gallery, summary, csv_file = client.predict([handle_file(str(bomb))], "part", 0.5, api_name="/batch")
     assert gallery == [] and "bomb.png: cannot be unpacked" in summary.replace("\\", "")
+    still_serves(client, small_image)
+
+
+# ----------------------------------------------------------------------------- 3. the file routes
+
+
+def get(url: str, path: str, headers: dict | None = None) -> tuple[int, dict, bytes]:
+    """A raw GET, the path sent exactly as written (no client-side normalisation of '..' or '%2e')."""
+    where = urlsplit(url)
+    conn = http.client.HTTPConnection(where.hostname, where.port, timeout=10)
+    try:
+        conn.request("GET", path, headers=headers or {})
+        response = conn.getresponse()
+        return response.status, {k.lower(): v for k, v in response.getheaders()}, response.read()
+    finally:
+        conn.close()
+
+
+def secrets(served) -> dict[str, bytes]:
+    """Server files no request may read, each with a piece of its content to look for in answers."""
+    files = [
+        Path("/etc/passwd"),
+        REPO / "app.py",
+        REPO / "app_views.py",
+        REPO / "wmoe" / "checkpoint.py",
+        REPO / "requirements.txt",
+        served.checkpoint / "config.json",
+    ]
+    return {str(f): f.read_bytes()[:64] for f in files if f.is_file()}
+
+
+TRAVERSALS = [
+    "{route}{target}",
+    "{route}..{target}",
+    "{route}../../../../../..{target}",
+    "{route}{upload}/../../../../../..{target}",
+    "{route}{upload}/%2e%2e/%2e%2e/%2e%2e/%2e%2e/%2e%2e{target}",
+    "{route}{upload}/%252e%252e/%252e%252e/%252e%252e/%252e%252e{target}",  # double encoding
+    "{route}{upload}/..%2f..%2f..%2f..%2f..%2f..%2f{target_quoted}",
+    "{route}{upload}\\..\\..\\..\\..\\..\\..{target_back}",
+    "{route}{upload}/..%5c..%5c..%5c..%5c..%5c..{target_back}",
+    "{route}{upload}/%c0%ae%c0%ae/%c0%ae%c0%ae/%c0%ae%c0%ae/%c0%ae%c0%ae{target}",  # overlong UTF-8 dots
+    "{route}{target_quoted}",
+    "{route}/{target}",
+    "{route}{target}%00.png",
+    "{route}{relative}",
+    "{route}./{relative}",
+]
+
+
+def test_the_file_routes_serve_no_server_file(served, client, small_image):
+    """gradio's file routes (the subject of several advisories since 2023), with the traversal and encoding
+    variants, for system files, the app's own source, and the checkpoint: refused, nothing leaked."""
+    upload = gradio_utils.get_upload_folder()
+    probes = []
+    for target, start in secrets(served).items():
+        relative = Path(target).relative_to(REPO) if target.startswith(str(REPO)) else target.lstrip("/")
+        for route in ("/gradio_api/file=", "/file=", "/gradio_api/static/", "/static/", "/assets/"):
+            for pattern in TRAVERSALS:
+                probes.append(
+                    (
+                        pattern.format(
+                            route=route,
+                            target=target,
+                            target_quoted=quote(target, safe=""),
+                            target_back=target.replace("/", "\\"),
+                            upload=upload,
+                            relative=relative,
+                        ),
+                        start,
+                    )
+                )
+    for probe, start in probes:
+        status, _, body = get(served.url, probe)
+        assert status in (400, 403, 404, 405), (probe, status)
+        assert start not in body and b"root:x:" not in body, probe
+    still_serves(client, small_image)
+
+
+# ----------------------------------------------------------------------------- 4. files that were never uploaded
+
+
+def call(served, endpoint: str, body: str) -> tuple[int, str]:
+    """A raw API call (the JSON body exactly as given): (HTTP status, the event stream's text)."""
+    api = served.url.rstrip("/") + "/gradio_api"
+    r = httpx.post(f"{api}/call/{endpoint}", content=body, headers={"content-type": "application/json"})
+    if r.status_code != 200:
+        return r.status_code, r.text
+    return 200, httpx.get(f"{api}/call/{endpoint}/{r.json()['event_id']}", timeout=60).text
+
+
+def with_file(endpoint: str, value) -> list:
+    """The arguments of a public endpoint, with `value` where its file goes."""
+    return {
+        "analyze": [value, "part", 0.5, 0.5, "fixed", False],
+        "compare": [value, "part", 0.5, 0.5, "fixed"],
+        "batch": [[value], "part", 0.5],
+        "predict_json": [value, "part", 0.5],
+    }[endpoint]
+
+
+def file_values(path: str) -> list:
+    """The shapes a file value can take: marked as a file or not, as a stream, as a URL-like record, bare."""
+    marked = {"_type": "gradio.FileData"}
+    return [
+        {"path": path},
+        {"path": path, "meta": marked},
+        {"path": path, "meta": marked, "url": f"/gradio_api/file={path}"},
+        {"path": path, "meta": marked, "is_stream": True},
+        {"path": path, "orig_name": "x.png", "size": 10, "mime_type": "image/png"},
+        path,
+    ]
+
+
+ENDPOINTS = ["analyze", "compare", "batch", "predict_json"]
+
+
+@pytest.fixture(scope="module")
+def private_image(tmp_path_factory) -> Path:
+    """An image on the server that nobody uploaded (a dataset image, say): its pixels must not come back."""
+    path = tmp_path_factory.mktemp("private") / "private.png"
+    path.write_bytes(png_bytes(7))
+    return path
+
+
+def refused(status: int, stream: str) -> bool:
+    return status in (400, 413, 422) or ("event: error" in stream and "event: complete" not in stream)
+
+
+@pytest.mark.parametrize("endpoint", ENDPOINTS)
+def test_a_server_path_as_a_file_is_refused_over_raw_http(
+    served, client, small_image, private_image, endpoint
+):
+    for path, start in {**secrets(served), str(private_image): b"\x89PNG"}.items():
+        for value in file_values(path):
+            status, stream = call(served, endpoint, json.dumps({"data": with_file(endpoint, value)}))
+            assert refused(status, stream), (value, stream[:300])
+            assert path not in stream and Path(path).name not in stream, stream[:300]
+            assert start.decode("latin-1")[:20] not in stream and "root:x:" not in stream, stream[:300]
+    still_serves(client, small_image)
+
+
+@pytest.mark.parametrize("endpoint", ENDPOINTS)
+def test_a_server_path_as_a_file_is_refused_through_gradio_client(
+    served, small_image, private_image, endpoint
+):
+    """gradio_client uploads a value marked as a file; one not marked goes to the server as it is."""
+    client = Client(served.url, verbose=False)
+    for path in [*secrets(served), str(private_image)]:
+        with pytest.raises(AppError) as err:
+            client.predict(*with_file(endpoint, {"path": path}), api_name=f"/{endpoint}")
+        assert path not in str(err.value) and "root:x:" not in str(err.value)
+        if endpoint != "batch":  # gradio's own refusal (batch) carries no message; ours says why
+            assert "Only uploaded files are accepted" in str(err.value)
+    still_serves(client, small_image)
+
+
+# ----------------------------------------------------------------------------- 5. URLs handed in as images
+
+
+@pytest.fixture
+def trap():
+    """An HTTP server on 127.0.0.1 that records every request it gets (it serves a valid PNG)."""
+    hits = []
+    body = png_bytes(9)
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            hits.append(self.path)
+            self.send_response(200)
+            self.send_header("Content-Type", "image/png")
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    port = server.server_address[1]
+    urls = [f"http://{host}:{port}/x.png" for host in ("127.0.0.1", "localhost", "127.1", "2130706433")]
+    yield SimpleNamespace(urls=urls, hits=hits)
+    server.shutdown()
+
+
+@pytest.mark.parametrize("endpoint", ENDPOINTS)
+def test_urls_are_never_fetched(served, client, small_image, trap, endpoint):
+    """The server never fetches a URL on a caller's behalf (loopback addresses here; gradio would fetch a
+    public one, unbounded): through gradio_client and raw HTTP, a clear refusal and no request made."""
+    for url in trap.urls:
+        with pytest.raises(AppError) as err:
+            client.predict(*with_file(endpoint, handle_file(url)), api_name=f"/{endpoint}")
+        if endpoint != "batch":
+            assert "not fetched from URLs" in str(err.value)
+        for value in [*file_values(url), {"path": "x.png", "url": url, "meta": {"_type": "gradio.FileData"}}]:
+            status, stream = call(served, endpoint, json.dumps({"data": with_file(endpoint, value)}))
+            assert refused(status, stream), (value, stream[:300])
+    assert trap.hits == []
+    still_serves(client, small_image)
+
+
+def test_only_this_servers_own_file_urls_are_taken_and_read_locally(served, client, small_image, trap):
+    """The URL of a file uploaded here (what gradio's MCP upload tool hands back) is read from the upload
+    folder, with no request made; the same route naming any other file is refused."""
+    api = served.url.rstrip("/") + "/gradio_api"
+    with open(small_image, "rb") as f:
+        [uploaded] = httpx.post(f"{api}/upload", files={"files": f}).json()
+    port = trap.urls[0].rsplit(":", 1)[1].split("/")[0]
+    for host in (served.url.rstrip("/"), f"http://127.0.0.1:{port}"):  # never fetched, so the host is moot
+        url = f"{host}/gradio_api/file={uploaded}"
+        status, stream = call(served, "analyze", json.dumps({"data": with_file("analyze", handle_file(url))}))
+        assert "event: complete" in stream, stream[:300]
+    for path in ["/etc/passwd", f"{gradio_utils.get_upload_folder()}/../../etc/passwd", str(REPO / "app.py")]:
+        url = f"{served.url.rstrip('/')}/gradio_api/file={quote(path)}"
+        with pytest.raises(AppError, match="Only uploaded files are accepted"):
+            client.predict(*with_file("analyze", handle_file(url)), api_name="/analyze")
+    assert trap.hits == []
+    still_serves(client, small_image)
+
+
+# ----------------------------------------------------------------------------- 6. another site's pages
+
+
+@pytest.mark.parametrize("origin", ["http://evil.example", "null", "http://127.0.0.1.evil.example"])
+def test_a_foreign_origin_gets_no_cors_permission(served, client, small_image, origin):
+    """A page on another site cannot read any answer of this server (no Access-Control-Allow-Origin for it),
+    whatever it asks; the server still serves."""
+    api = served.url.rstrip("/") + "/gradio_api"
+    headers = {"Origin": origin}
+    answers = [
+        httpx.get(served.url.rstrip("/") + "/config", headers=headers),
+        httpx.get(f"{api}/info", headers=headers),
+        httpx.post(f"{api}/upload", files={"files": ("x.png", png_bytes())}, headers=headers),
+        httpx.post(f"{api}/call/analyze", json={"data": []}, headers=headers),
+        httpx.options(
+            f"{api}/queue/join",
+            headers={
+                **headers,
+                "Access-Control-Request-Method": "POST",
+                "Access-Control-Request-Headers": "x",
+            },
+        ),
+    ]
+    for r in answers:
+        allowed = r.headers.get("access-control-allow-origin")
+        assert allowed not in (origin, "*"), (r.request.url, r.status_code, dict(r.headers))
+    still_serves(client, small_image)
+
+
+# ----------------------------------------------------------------------------- 7. values the page never sends
+
+
+BAD_NUMBERS = [
+    "NaN",
+    "Infinity",
+    "-Infinity",
+    "-1",
+    "1.5",
+    "1e308",
+    '"0.5"',
+    '"abc"',
+    "null",
+    "true",
+    "[0.5]",
+]
+BAD_CHOICES = ['"bogus"', "5", "null", '["fixed"]']
+BAD_FLAGS = ['"yes"', "5", "null"]
+BAD_TEXT = ["5", "null", '["a"]', '{"a": 1}']
+
+
+def bad_values(endpoint: str) -> list[tuple[int, str]]:
+    """(argument index, JSON value) for every argument but the file."""
+    numbers = {"analyze": [2, 3], "compare": [2, 3], "batch": [2], "predict_json": [2]}[endpoint]
+    out = [(i, v) for i in numbers for v in BAD_NUMBERS] + [(1, v) for v in BAD_TEXT]
+    if endpoint in ("analyze", "compare"):
+        out += [(4, v) for v in BAD_CHOICES]
+    if endpoint == "analyze":
+        out += [(5, v) for v in BAD_FLAGS]
+    return out
+
+
+@pytest.mark.parametrize("endpoint", ENDPOINTS)
+def test_values_outside_what_the_page_offers_get_a_clear_error(served, client, small_image, endpoint):
+    """Raw JSON (NaN and Infinity included, as Python's JSON reader accepts them): every value the page's
+    sliders, radios, checkboxes and text boxes could not send is refused with a message saying which."""
+    api = served.url.rstrip("/") + "/gradio_api"
+    with open(small_image, "rb") as f:
+        [uploaded] = httpx.post(f"{api}/upload", files={"files": f}).json()
+    good = with_file(endpoint, {"path": uploaded, "meta": {"_type": "gradio.FileData"}})
+    for index, value in bad_values(endpoint):
+        args = [json.dumps(a) for a in good]
+        args[index] = value
+        status, stream = call(served, endpoint, '{"data": [' + ", ".join(args) + "]}")
+        assert refused(status, stream), (index, value, stream[:300])
+        if status == 200:
+            [data] = [line[6:] for line in stream.splitlines() if line.startswith("data: ")]
+            message = json.loads(data)["error"]
+            assert message and "must be" in message, (index, value, message)
+    status, stream = call(served, endpoint, json.dumps({"data": good}))
+    assert "event: complete" in stream
+    still_serves(client, small_image)
+
+
+def test_the_handlers_check_their_values_themselves(served, small_image):
+    """Called directly (a ZeroGPU worker, another front end), the handlers refuse the same values."""
+    views = app_views.Views(served.detector, served.baseline)
+    for threshold in (float("nan"), float("inf"), -0.1, 2.0, "0.5", None, True):
+        with pytest.raises(app_views.gr.Error, match="the threshold must be a number from 0 to 1"):
+            views.analyze(str(small_image), "part", threshold, 0.5, "fixed", False)
+        with pytest.raises(app_views.gr.Error, match="the threshold must be"):
+            views.batch([str(small_image)], "part", threshold, progress=lambda *a, **k: None)
+        with pytest.raises(app_views.gr.Error, match="the threshold must be"):
+            views.predict_json(str(small_image), "part", threshold)
+    with pytest.raises(app_views.gr.Error, match="the opacity must be"):
+        views.compare(str(small_image), "part", 0.5, float("nan"), "fixed")
+    with pytest.raises(app_views.gr.Error, match="the colour scale must be one of 'fixed', 'stretch'"):
+        views.render(None, 0.5, 0.5, "bogus")
+    with pytest.raises(app_views.gr.Error, match="the class name must be a str"):
+        views.analyze(str(small_image), None, 0.5, 0.5, "fixed", False)
+
+
+# ----------------------------------------------------------------------------- 8. what uploads are served as
+
+
+@pytest.mark.parametrize(
+    "name, content",
+    [
+        ("page.html", b"<html><script>alert(document.domain)</script></html>"),
+        ("page.htm", b"<script>alert(1)</script>"),
+        ("page.xhtml", b'<html xmlns="http://www.w3.org/1999/xhtml"><script>alert(1)</script></html>'),
+        (
+            "icon.svg",
+            b'<svg xmlns="http://www.w3.org/2000/svg" onload="alert(1)"><script>alert(2)</script></svg>',
+        ),
+        ("image.png", b"<html><script>alert(1)</script></html>"),
+    ],
+)
+def test_uploaded_html_and_svg_are_never_served_as_a_page(served, client, small_image, name, content):
+    """Stored cross-site scripting through the upload route: what was uploaded comes back as a download or
+    as inert bytes, never as HTML or SVG the browser would run; and it is no image for the model."""
+    api = served.url.rstrip("/") + "/gradio_api"
+    [path] = httpx.post(f"{api}/upload", files={"files": (name, content)}).json()
+    status, headers, body = get(served.url, f"/gradio_api/file={quote(path)}")
+    assert status in (200, 403, 404)
+    if status == 200:
+        kind = headers.get("content-type", "").split(";")[0].strip().lower()
+        attachment = headers.get("content-disposition", "").lower().startswith("attachment")
+        assert attachment or kind not in (
+            "text/html",
+            "image/svg+xml",
+            "application/xhtml+xml",
+            "text/xml",
+        ), headers
+    status, stream = call(
+        served,
+        "analyze",
+        json.dumps({"data": with_file("analyze", {"path": path, "meta": {"_type": "gradio.FileData"}})}),
+    )
+    assert refused(status, stream) and "<script" not in stream
+    still_serves(client, small_image)
+
+
+# ----------------------------------------------------------------------------- 9. oversize uploads
+
+
+def test_an_upload_over_max_file_size_is_refused(served, client, small_image):
+    """The app launches with max_file_size 50 MB: a 51 MB upload gets HTTP 413 with the limit in words."""
+    api = served.url.rstrip("/") + "/gradio_api"
+    r = httpx.post(f"{api}/upload", files={"files": ("big.png", bytes(51 * 2**20))}, timeout=60)
+    assert r.status_code == 413 and "maximum allowed size" in r.text
     still_serves(client, small_image)
