@@ -435,6 +435,7 @@ def build_app(
                         label="Class name from the zip folder (an image in a folder of a .zip takes its name)",
                         elem_id="batch-class-from-folder",
                     )
+                    checked(b_from_folder, "the class name from the zip folder", (False, True))
                     b_run = gr.Button(
                         "Score all", variant="primary", elem_id="batch-run", interactive=can_run
                     )

@@ -657,6 +657,7 @@ class Views:
         """
         valid("the class name", class_name, str)
         valid("the threshold", threshold)
+        valid("the class name from the zip folder", class_from_folder, (False, True))
         detector, model = self.primary()
         if not paths:
             raise user_error("Choose some images (or a .zip of images) first.", title="No files")

@@ -99,7 +99,7 @@ def test_batch_csv_neutralises_formulas_in_every_text_cell(client, small_image, 
         for i, formula in enumerate(FORMULAS):
             z.writestr(f"{formula}.png", png_bytes(i))
         z.writestr("=cmd|' /C calc'!A0.png", b"not an image")  # fails: its name is in an error row
-    _, _, csv_file = client.predict([handle_file(str(archive))], "-part", 0.5, api_name="/batch")
+    _, _, csv_file, *_ = client.predict([handle_file(str(archive))], "-part", 0.5, api_name="/batch")
     rows = list(csv.reader(io.StringIO(Path(csv_file).read_text())))
     names = {row[0] for row in rows[1:]}
     assert names == {"'" + n for n in [*(f"{f}.png" for f in FORMULAS), "=cmd|' /C calc'!A0.png"]}
@@ -163,7 +163,7 @@ def test_a_lying_zip_bomb_is_refused_with_bounded_memory(served, bomb):
 
     peak = peak_mb(request)
     print(f"Batch request on a 400 MB zip bomb: peak {peak:.1f} MB (tracemalloc)")
-    gallery, summary, _ = out["result"]
+    gallery, summary, *_ = out["result"]
     assert gallery == [] and "1 file(s) not processed" in summary
     assert "bomb.png: cannot be unpacked" in summary.replace("\\", "")
     assert peak < 3 * app_views.ZIP_CHUNK / 2**20 + 8, f"{peak:.0f} MB"
@@ -175,7 +175,7 @@ def test_zip_limits_per_member_per_request_and_per_archive(served, tmp_path, mon
     views = app_views.Views(served.detector, served.baseline)
 
     def reasons(paths) -> dict[str, str]:
-        _, summary, csv_file = views.batch(
+        _, summary, csv_file, *_ = views.batch(
             [str(p) for p in paths], "part", 0.5, progress=lambda *a, **k: None
         )
         rows = list(csv.DictReader(io.StringIO(Path(csv_file).read_text())))
@@ -225,7 +225,7 @@ def encrypted(source: Path, member: str, target: Path) -> Path:
 
 
 def test_a_zip_bomb_through_the_server_gets_a_reason_and_the_server_still_serves(client, bomb, small_image):
-    gallery, summary, csv_file = client.predict([handle_file(str(bomb))], "part", 0.5, api_name="/batch")
+    gallery, summary, csv_file, *_ = client.predict([handle_file(str(bomb))], "part", 0.5, api_name="/batch")
     assert gallery == [] and "bomb.png: cannot be unpacked" in summary.replace("\\", "")
     still_serves(client, small_image)
 
@@ -323,7 +323,7 @@ def with_file(endpoint: str, value) -> list:
     return {
         "analyze": [value, "part", 0.5, 0.5, "fixed", False],
         "compare": [value, "part", 0.5, 0.5, "fixed"],
-        "batch": [[value], "part", 0.5],
+        "batch": [[value], "part", 0.5, False],
         "predict_json": [value, "part", 0.5],
     }[endpoint]
 
@@ -505,6 +505,8 @@ def bad_values(endpoint: str) -> list[tuple[int, str]]:
         out += [(4, v) for v in BAD_CHOICES]
     if endpoint == "analyze":
         out += [(5, v) for v in BAD_FLAGS]
+    if endpoint == "batch":
+        out += [(3, v) for v in BAD_FLAGS]
     return out
 
 
