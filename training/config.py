@@ -15,7 +15,7 @@ from pathlib import Path
 
 import yaml
 
-from training.distributed import PRECISIONS
+from training.distributed import DEVICES, PRECISIONS
 from training.feature_cache import STORAGE as CACHE_STORAGE
 from training.synthetic import generate
 from wmoe.config import ConfigError, WMoEConfig
@@ -27,7 +27,6 @@ class TrainConfigError(WMoEError, ValueError):
     """A training YAML that cannot be used; the message names the file and the key."""
 
 
-DEVICES = ("auto", "cpu", "cuda")
 SCHEDULES = ("constant", "cosine")
 
 

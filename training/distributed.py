@@ -22,6 +22,7 @@ from wmoe.precision import resolve_dtype
 # Training's precisions: wmoe's dtype names, less fp16 (it would need loss scaling, which training does
 # not do), plus "auto": bf16 on a CUDA GPU that supports it, else fp32.
 PRECISIONS: tuple[str, ...] = ("auto", "fp32", "bf16")
+DEVICES: tuple[str, ...] = ("auto", "cpu", "cuda")  # see `choose_device`
 
 
 class DeviceError(WMoEError, RuntimeError):

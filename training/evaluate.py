@@ -32,6 +32,7 @@ from tqdm import tqdm
 
 from training.data import MetaDataset, collate
 from training.distributed import (
+    DEVICES,
     PRECISIONS,
     World,
     all_gather_rows,
@@ -350,7 +351,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument(
         "--map-size", type=int, default=256, help="side of the stored maps and masks (default 256)"
     )
-    ap.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    ap.add_argument("--device", default="auto", choices=DEVICES)
     ap.add_argument("--precision", default="auto", choices=PRECISIONS)
     ap.add_argument("--num-workers", type=int, default=0)
     ap.add_argument(
