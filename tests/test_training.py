@@ -370,15 +370,26 @@ def test_recipe_rules_live_in_their_dataclasses():
 
 
 def test_every_training_error_is_a_wmoe_error():
+    import importlib
+    import inspect
+    import pkgutil
+
+    import training
     from training.distributed import DeviceError
     from training.prepare_data import DatasetLayoutError
     from training.state import StateSaveError
     from training.synthetic import SyntheticError
     from wmoe.errors import WMoEError
 
+    found = set()
+    for info in pkgutil.iter_modules(training.__path__):
+        module = importlib.import_module(f"training.{info.name}")
+        for _, cls in inspect.getmembers(module, inspect.isclass):
+            if issubclass(cls, Exception) and cls.__module__ == module.__name__:
+                assert issubclass(cls, WMoEError), cls
+                found.add(cls)
     errors = (TrainConfigError, MetaError, DatasetLayoutError, train_mod.TrainingError, DeviceError)
-    for cls in (*errors, StateSaveError, SyntheticError):
-        assert issubclass(cls, WMoEError), cls
+    assert {*errors, StateSaveError, SyntheticError} <= found
     for cls in (TrainConfigError, MetaError, DatasetLayoutError, SyntheticError):  # as before, ValueErrors
         assert issubclass(cls, ValueError), cls
     assert issubclass(StateSaveError, OSError) and issubclass(DeviceError, RuntimeError)

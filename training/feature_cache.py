@@ -41,10 +41,11 @@ from safetensors.torch import load, save_file
 from wmoe.backbone import Backbone
 from wmoe.errors import WMoEError
 from wmoe.features import BackboneFeatures
+from wmoe.precision import DTYPES
 from wmoe.preprocess import PREPROCESSING
 
 FORMAT = 1
-STORAGE = {"fp32": torch.float32, "fp16": torch.float16}
+STORAGE = {name: DTYPES[name] for name in ("fp32", "fp16")}  # entry precisions, named as wmoe names dtypes
 log = logging.getLogger("wmoe.training")
 
 
