@@ -1,5 +1,8 @@
 """One family of errors and one dtype vocabulary."""
 
+import ast
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -39,6 +42,14 @@ def test_public_api_is_explicit_and_resolves():
     import wmoe
 
     assert set(wmoe.__all__) == set(wmoe._EXPORTS) | {"__version__"}
+    tree = ast.parse(Path(wmoe.__file__).read_text())  # what type checkers see: the TYPE_CHECKING imports
+    typed = {
+        a.asname or a.name
+        for node in ast.walk(tree)
+        if isinstance(node, ast.ImportFrom) and node.level == 1
+        for a in node.names
+    }
+    assert typed == set(wmoe._EXPORTS), typed ^ set(wmoe._EXPORTS)
     for name in wmoe.__all__:
         assert getattr(wmoe, name) is not None, name
     assert wmoe.__version__.count(".") == 2

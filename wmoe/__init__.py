@@ -14,8 +14,9 @@ __version__ = "0.2.0"
 if TYPE_CHECKING:
     from .checkpoint import CheckpointError, load_model, push_to_hub, save_pretrained
     from .config import DEFAULT_CLASS, ConfigError, WMoEConfig
-    from .detector import Detector, Prediction
+    from .detector import Detector, EncodedBatch, Prediction
     from .errors import WMoEError
+    from .features import BackboneFeatures, FeatureMismatchError
     from .hub import WeightsNotFoundError
     from .model import WMoECLIP, WMoEOutput
     from .preprocess import ImageError, ImageInput, load_image
@@ -45,9 +46,12 @@ _EXPORTS = {
 }
 __all__ = [  # the public API, spelled out (the test suite checks it against _EXPORTS)
     "DEFAULT_CLASS",
+    "BackboneFeatures",
     "CheckpointError",
     "ConfigError",
     "Detector",
+    "EncodedBatch",
+    "FeatureMismatchError",
     "ImageError",
     "ImageInput",
     "MoEOutput",
