@@ -167,3 +167,19 @@ def test_backbone_taps_out_of_range():
 
     with pytest.raises(ConfigError, match="exceed"):
         Backbone(WMoEConfig.tiny(layers=(2, 9)))
+
+
+def test_building_a_model_leaves_the_callers_rng_alone():
+    """Construction seeds its own initialisation (config.seed) and gives the caller's RNG back unchanged."""
+    torch.manual_seed(123)
+    state = torch.get_rng_state()
+    expected = torch.rand(4)
+    torch.set_rng_state(state)
+    first = WMoECLIP(WMoEConfig.tiny())
+    assert torch.equal(torch.get_rng_state(), state)
+    assert torch.equal(torch.rand(4), expected)
+    again, other = WMoECLIP(WMoEConfig.tiny()), WMoECLIP(WMoEConfig.tiny(seed=1))
+    for name, value in first.state_dict().items():  # deterministic from config.seed alone
+        assert torch.equal(again.state_dict()[name], value), name
+    assert not torch.equal(other.moe.query, first.moe.query)
+    assert not torch.equal(other.backbone.clip.visual.proj, first.backbone.clip.visual.proj)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import pickle
 from collections.abc import Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -20,6 +21,7 @@ from safetensors import safe_open
 from torch import nn
 
 from .config import ConfigError, WMoEConfig
+from .errors import WMoEError
 from .hub import WeightsNotFoundError, cached_or_download
 
 MODEL_CONFIG_DIR = Path(__file__).parent / "model_configs"
@@ -62,6 +64,14 @@ def resolve_backbone_weights(config: WMoEConfig) -> tuple[str | None, bool]:
 
 
 @contextmanager
+def seeded(seed: int):
+    """Random initialisation from `seed`, leaving the caller's global RNG state as it was."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        yield
+
+
+@contextmanager
 def no_mha_fastpath():
     """Attention through scaled_dot_product_attention instead of nn.MultiheadAttention's fast path.
 
@@ -78,29 +88,63 @@ def no_mha_fastpath():
 
 
 def read_weights(clip: nn.Module, path: str, name: str):
-    """Fill a built open_clip model from a weights file; safetensors files one tensor at a time.
+    """Fill a built open_clip model from a weights file, one tensor at a time where the file allows.
 
     open_clip's loader reads the whole file beside the built model, so the weights sit in memory
-    twice while loading (ViT-L-14-336: 4.2 GB peak RSS instead of 2.6 GB). Other formats, or files
-    in another key layout (which open_clip converts), still go through open_clip's loader.
+    twice while loading (ViT-L-14-336: 4.2 GB peak RSS instead of 2.6 GB). Files in torch's own format
+    are read by `load_tensors` (never unpickling anything but tensors); files in another key layout,
+    which open_clip converts, still go through open_clip's loader, with `weights_only=True`.
     """
+    own = clip.state_dict()
     if str(path).endswith(".safetensors"):
-        own = clip.state_dict()
         with safe_open(path, framework="pt", backend="pread") as f:  # pread: no file pages kept mapped
             if set(f.keys()) == set(own):
                 for key in f.keys():
-                    entry = {key: f.get_tensor(key)}
-                    resize_pos_embed(entry, clip)  # weights made at another resolution (336 -> 518 px)
-                    resize_text_pos_embed(entry, clip)
-                    tensor, target = entry[key], own[key]
-                    if tensor.numel() != target.numel():
-                        raise ConfigError(
-                            f"backbone weights {path}: {key} has shape {tuple(tensor.shape)}, "
-                            f"{name} needs {tuple(target.shape)}; are they weights of {name}?"
-                        )
-                    target.copy_(tensor.reshape(target.shape))
+                    copy_weight(clip, own, key, f.get_tensor(key), path, name)
                 return
-    open_clip.load_checkpoint(clip, path)
+    else:
+        state = load_tensors(path)
+        if set(state) == set(own):
+            for key in list(state):
+                copy_weight(clip, own, key, state.pop(key), path, name)
+            return
+        del state
+    open_clip.load_checkpoint(clip, path, weights_only=True)
+
+
+def copy_weight(clip: nn.Module, own: dict, key: str, tensor: torch.Tensor, path: str, name: str):
+    entry = {key: tensor}
+    resize_pos_embed(entry, clip)  # weights made at another resolution (336 -> 518 px)
+    resize_text_pos_embed(entry, clip)
+    tensor, target = entry[key], own[key]
+    if tensor.numel() != target.numel():
+        raise ConfigError(
+            f"backbone weights {path}: {key} has shape {tuple(tensor.shape)}, "
+            f"{name} needs {tuple(target.shape)}; are they weights of {name}?"
+        )
+    target.copy_(tensor.reshape(target.shape))
+
+
+def load_tensors(path: str) -> dict:
+    """A weights file in torch's format (`.bin`, `.pt`), through `torch.load(weights_only=True)`: tensors and
+    plain containers only. A pickle that would build any other object (how a pickle runs code) is refused."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        reason = str(e).strip().splitlines()[-1][:200]
+        raise UnsafeWeightsError(
+            f"backbone weights {path}: refused, the file holds more than tensors ({reason}); "
+            "use a safetensors file or a plain state dict"
+        ) from None
+    except (RuntimeError, EOFError, OSError) as e:
+        raise ConfigError(f"backbone weights {path}: not a readable weights file ({e})") from None
+    if not isinstance(state, dict):
+        raise ConfigError(f"backbone weights {path}: holds a {type(state).__name__}, not a state dict")
+    return state
+
+
+class UnsafeWeightsError(WMoEError, ValueError):
+    """A weights file whose unpickling would run code or build arbitrary objects."""
 
 
 class Backbone(nn.Module):
@@ -111,17 +155,17 @@ class Backbone(nn.Module):
         weights, quick_gelu = resolve_backbone_weights(config) if load_weights else (None, False)
         if config.backbone not in open_clip.list_models():
             raise ConfigError(f"unknown open_clip backbone {config.backbone!r}; see open_clip.list_models()")
-        torch.manual_seed(config.seed)
         quiet = logging.getLogger()
         level = quiet.level
         quiet.setLevel(logging.ERROR)  # open_clip warns "no pretrained weights" for random backbones
-        try:  # random weights first; the file (if any) is read into them by read_weights
-            self.clip = open_clip.create_model(
-                config.backbone,
-                pretrained=None,
-                force_image_size=config.image_size,
-                force_quick_gelu=quick_gelu,
-            )
+        try:  # random weights first (from config.seed); the file (if any) is read into them by read_weights
+            with seeded(config.seed):
+                self.clip = open_clip.create_model(
+                    config.backbone,
+                    pretrained=None,
+                    force_image_size=config.image_size,
+                    force_quick_gelu=quick_gelu,
+                )
         finally:
             quiet.setLevel(level)
         if weights:

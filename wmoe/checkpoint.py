@@ -13,6 +13,7 @@ from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
 
+import huggingface_hub
 import torch
 from huggingface_hub import snapshot_download
 from safetensors import SafetensorError
@@ -128,13 +129,24 @@ def resolve_checkpoint(path_or_repo_id: str | os.PathLike, revision: str | None 
         )
     except Exception:  # not cached (or not this revision): go online if we can
         pass
+    name = f"checkpoint {repo_id}{'@' + revision if revision else ''}"
     reason = unavailable_reason()
     if reason:
         raise WeightsNotFoundError(
-            f"checkpoint {repo_id}{'@' + revision if revision else ''} is not in the local Hub cache "
-            f"and {reason}; download it once with network access or pass a local folder"
+            f"{name} is not in the local Hub cache and {reason}; download it once with network access "
+            "or pass a local folder"
         )
-    return Path(snapshot_download(repo_id, revision=revision, allow_patterns=patterns))
+    try:
+        return Path(snapshot_download(repo_id, revision=revision, allow_patterns=patterns))
+    except (
+        huggingface_hub.errors.HfHubHTTPError,
+        huggingface_hub.errors.LocalEntryNotFoundError,
+        OSError,
+    ) as e:
+        why = str(e).strip().splitlines()[0][:200]
+        raise WeightsNotFoundError(
+            f"{name} is not in the local Hub cache and could not be downloaded ({why})"
+        ) from e
 
 
 def load_model(

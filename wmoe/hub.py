@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import os
-import socket
 import threading
-from urllib.parse import urlparse
+import urllib.error
+import urllib.request
 
 import huggingface_hub
 from huggingface_hub import constants, hf_hub_download, try_to_load_from_cache
@@ -26,16 +26,21 @@ def hub_offline() -> bool:
 
 
 def hub_reachable(timeout: float = PROBE_TIMEOUT_S) -> bool:
-    """True when a TCP connection to the Hub endpoint opens within `timeout` (DNS included)."""
-    url = urlparse(os.environ.get("HF_ENDPOINT", constants.ENDPOINT))
-    host, port = url.hostname, url.port or (443 if url.scheme == "https" else 80)
+    """True when the Hub endpoint answers an HTTP request (any status) within `timeout`, DNS included.
+
+    A TCP connection alone is not enough: a server (or a network box) that accepts connections and never
+    answers would pass, and the download after it would hang for minutes of retries.
+    """
+    endpoint = os.environ.get("HF_ENDPOINT", constants.ENDPOINT)
     result: list[bool] = []
 
     def probe():
         try:
-            socket.create_connection((host, port), timeout=timeout).close()
+            urllib.request.urlopen(urllib.request.Request(endpoint, method="HEAD"), timeout=timeout).close()
             result.append(True)
-        except OSError:
+        except urllib.error.HTTPError:  # an answer, whatever its status
+            result.append(True)
+        except (OSError, ValueError):
             result.append(False)
 
     worker = threading.Thread(target=probe, daemon=True)
@@ -49,7 +54,9 @@ def unavailable_reason() -> str | None:
     if hub_offline():
         return "HF_HUB_OFFLINE is set"
     if not hub_reachable():
-        return f"the Hub ({constants.ENDPOINT}) is unreachable from this machine"
+        return (
+            f"the Hub ({os.environ.get('HF_ENDPOINT', constants.ENDPOINT)}) is unreachable from this machine"
+        )
     return None
 
 

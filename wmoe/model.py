@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .anomaly_map import abnormal_logits, gaussian_blur, upsample
-from .backbone import Backbone
+from .backbone import Backbone, seeded
 from .config import WMoEConfig
 from .ctds import CTDS
 from .features import BackboneFeatures, FeatureMismatchError
@@ -53,17 +53,19 @@ class WMoECLIP(nn.Module):
         self.config = config
         self.backbone = backbone or Backbone(config, load_weights=load_backbone_weights)
         D, L = self.backbone.embed_dim, len(config.layers)
-        torch.manual_seed(config.seed)
-        self.prompts = PromptLearner(
-            config.n_ctx, (config.normal_template, config.abnormal_template), self.backbone
-        )
-        self.projection = PatchProjection(D, L) if config.use_projection else None
-        self.ctds = (
-            CTDS(D, config.latent_dim, config.n_ctx, self.backbone.text_width) if config.use_ctds else None
-        )
-        self.wcma = WCMA(D, L, config.wavelet) if config.use_wcma else None
         latent = config.latent_dim if config.use_ctds else 0
-        self.moe = SAMoE(D, L, config.num_experts, latent, config.top_k) if config.use_moe else None
+        with seeded(config.seed):  # the heads' initial values depend on config.seed only
+            self.prompts = PromptLearner(
+                config.n_ctx, (config.normal_template, config.abnormal_template), self.backbone
+            )
+            self.projection = PatchProjection(D, L) if config.use_projection else None
+            self.ctds = (
+                CTDS(D, config.latent_dim, config.n_ctx, self.backbone.text_width)
+                if config.use_ctds
+                else None
+            )
+            self.wcma = WCMA(D, L, config.wavelet) if config.use_wcma else None
+            self.moe = SAMoE(D, L, config.num_experts, latent, config.top_k) if config.use_moe else None
 
     def head_parameters(self) -> dict[str, nn.Parameter]:
         """The parameters WMoE-CLIP learns: everything outside the frozen backbone."""
