@@ -408,6 +408,22 @@ def test_training_precisions_are_wmoe_dtype_names_plus_auto():
         autocast_dtype(cpu, "fp16")
 
 
+@pytest.mark.parametrize(
+    "flag, value, message",
+    [
+        ("--batch-size", "0", "--batch-size: expected >= 1, got 0"),
+        ("--map-size", "4", "--map-size: expected >= 8, got 4"),
+        ("--num-workers", "-1", "--num-workers: expected >= 0, got -1"),
+        ("--cpu-threads", "-2", "--cpu-threads: expected >= 0, got -2"),
+    ],
+)
+def test_evaluate_flags_obey_the_recipe_rules(tmp_path, capsys, flag, value, message):
+    args = ["--checkpoint", str(tmp_path), "--data", str(tmp_path), "--out", str(tmp_path / "o"), flag, value]
+    with pytest.raises(SystemExit) as e:
+        evaluate_main(args)
+    assert e.value.code == 2 and capsys.readouterr().err.endswith(f"error: {message}\n")
+
+
 def test_train_cli_reports_a_bad_recipe_with_exit_2_and_no_traceback(data, tmp_path):
     bad = recipe(data)
     bad["optim"]["lr"] = -1

@@ -121,7 +121,7 @@ class TrainConfig:
     def __post_init__(self):
         _check(self.device in DEVICES, "device", f"one of {list(DEVICES)}", self.device)
         _check(self.precision in PRECISIONS, "precision", f"one of {list(PRECISIONS)}", self.precision)
-        _check(self.cpu_threads >= 0, "cpu_threads", ">= 0", self.cpu_threads)
+        self.check_cpu_threads(self.cpu_threads)
         storages = list(CACHE_STORAGE)
         _check(
             self.feature_cache_dtype in CACHE_STORAGE,
@@ -129,6 +129,11 @@ class TrainConfig:
             f"one of {storages}",
             self.feature_cache_dtype,
         )
+
+    @staticmethod
+    def check_cpu_threads(threads: int) -> None:
+        """The rule of `cpu_threads`, shared with `python -m training.evaluate --cpu-threads`."""
+        _check(threads >= 0, "cpu_threads", ">= 0", threads)
 
     @property
     def sha256(self) -> str:

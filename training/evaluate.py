@@ -30,6 +30,7 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, Subset
 from tqdm import tqdm
 
+from training.config import Eval, Optim, TrainConfig, TrainConfigError
 from training.data import MetaDataset, collate
 from training.distributed import (
     DEVICES,
@@ -366,8 +367,12 @@ def main(argv: list[str] | None = None) -> int:
         help="entry precision (default fp32)",
     )
     args = ap.parse_args(argv)
-    if args.batch_size < 1 or args.map_size < 8 or args.num_workers < 0 or args.cpu_threads < 0:
-        ap.error("--batch-size >= 1, --map-size >= 8, --num-workers >= 0 and --cpu-threads >= 0 are required")
+    try:  # the rules of the recipe's fields of the same names (training/config.py)
+        Eval(batch_size=args.batch_size, map_size=args.map_size)
+        Optim(num_workers=args.num_workers)
+        TrainConfig.check_cpu_threads(args.cpu_threads)
+    except TrainConfigError as e:
+        ap.error("--" + str(e).replace("_", "-", 1))
     world, threads = None, torch.get_num_threads()
     if args.cpu_threads:
         torch.set_num_threads(args.cpu_threads)
