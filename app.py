@@ -14,6 +14,7 @@ import json
 import logging
 import os
 import re
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
@@ -52,35 +53,44 @@ CSS = """
 
 
 def load_models(
-    checkpoint: str | None, device: str | None = None, dtype: str | None = None, baseline: str = "clip"
-) -> tuple[Detector | None, Detector | None, list[str]]:
-    """(WMoE-CLIP detector or None, training-free baseline or None, plain-words notices for the banner)."""
-    detector = None
-    if checkpoint:
+    checkpoints: str | Sequence[str] | None,
+    device: str | None = None,
+    dtype: str | None = None,
+    baseline: str = "clip",
+) -> tuple[dict[str, Detector], Detector | None, list[str]]:
+    """({name: WMoE-CLIP detector} for the checkpoints that loaded, the training-free baseline or None,
+    plain-words notices for the banner). Each checkpoint loads once; those on one backbone share it
+    (one copy in memory, one pass per image); the baseline shares the first one's."""
+    checkpoints = [checkpoints] if isinstance(checkpoints, str) else list(checkpoints or [])
+    detectors: dict[str, Detector] = {}
+    failed = []
+    for checkpoint in checkpoints:
         try:
-            detector = Detector.from_pretrained(checkpoint, device=device, dtype=dtype)
+            shared = [d.model.backbone for d in detectors.values()]
+            detector = Detector.from_pretrained(checkpoint, device=device, dtype=dtype, share=shared)
         except Exception as e:  # whatever went wrong, the app still starts and says why
-            name = md(Path(str(checkpoint)).name)
-            why_not = f"The WMoE-CLIP checkpoint **{name}** could not be loaded: {why(e)}."
-    else:
-        why_not = "No WMoE-CLIP checkpoint was given (`--checkpoint` or `WMOE_CHECKPOINT`)."
-    if detector is not None:  # the normal path: the baseline shares the loaded backbone
+            failed.append(
+                f"The WMoE-CLIP checkpoint **{md(checkpoint_name(checkpoint))}** could not be loaded: {why(e)}."
+            )
+            continue
+        name = checkpoint_name(checkpoint)
+        detectors[name if name not in detectors else str(checkpoint)] = detector
+    if detectors:  # the normal path: the baseline shares the first loaded backbone
+        first = next(iter(detectors.values()))
         return (
-            detector,
+            detectors,
             Detector.training_free(
-                detector.config,
-                backbone=detector.model.backbone,
-                device=detector.device,
-                dtype=detector.dtype,
+                first.config, backbone=first.model.backbone, device=first.device, dtype=first.dtype
             ),
-            [],
+            failed,
         )
+    why_not = " ".join(failed) or "No WMoE-CLIP checkpoint was given (`--checkpoint` or `WMOE_CHECKPOINT`)."
     like = WMoEConfig.tiny() if baseline == "tiny" else WMoEConfig()
     try:
         fallback = Detector.training_free(like, device=device, dtype=dtype)
     except Exception as e:
         return (
-            None,
+            {},
             None,
             [
                 why_not,
@@ -90,10 +100,21 @@ def load_models(
             ],
         )
     return (
-        None,
+        {},
         fallback,
         [f"{why_not} This is the **training-free CLIP baseline** (fixed prompts), not WMoE-CLIP."],
     )
+
+
+def checkpoint_name(checkpoint: str | os.PathLike) -> str:
+    """How the page names a checkpoint: a folder by its own name, a Hub repo by its id."""
+    path = Path(str(checkpoint))
+    return path.name if path.exists() else str(checkpoint)
+
+
+def checkpoint_list(value: str | None) -> list[str]:
+    """WMOE_CHECKPOINT as a list: checkpoints separated by commas or newlines."""
+    return [c.strip() for c in re.split(r"[,\n]", value or "") if c.strip()]
 
 
 def why(error: Exception) -> str:
@@ -103,12 +124,17 @@ def why(error: Exception) -> str:
     return md(public(str(error)).rstrip("."))
 
 
-def status_lines(detector: Detector | None, baseline: Detector | None, notices=()) -> list[str]:
-    """What the banner at the top says; empty only for a trained checkpoint on real CLIP weights."""
+def status_lines(
+    detectors: Detector | Mapping[str, Detector] | None, baseline: Detector | None, notices=()
+) -> list[str]:
+    """What the banner at the top says; empty only for trained checkpoints on real CLIP weights."""
+    detectors = {"WMoE-CLIP": detectors} if isinstance(detectors, Detector) else dict(detectors or {})
     lines = list(notices)
-    if detector is not None and not detector.trained:
-        lines.insert(0, f"**{UNTRAINED}** (its checkpoint records `trained: false`).")
-    shown = detector or baseline
+    untrained = [name for name, d in detectors.items() if not d.trained]
+    if untrained:
+        which = "" if len(detectors) == 1 else f" ({', '.join(md(n) for n in untrained)})"
+        lines.insert(0, f"**{UNTRAINED}**{which} (its checkpoint records `trained: false`).")
+    shown = next(iter(detectors.values()), None) or baseline
     if shown is not None and includes_backbone(shown.config):
         lines.append(
             "The CLIP backbone has random weights (a tiny test configuration), so the training-free "
@@ -227,15 +253,20 @@ def examples_for(examples: list[list[str]], inputs: list, elem_id: str) -> gr.Ex
 
 
 def build_app(
-    detector: Detector | None, baseline: Detector | None = None, notices=(), concurrency: int = 1
+    detectors: Detector | Mapping[str, Detector] | None,
+    baseline: Detector | None = None,
+    notices=(),
+    concurrency: int = 1,
 ) -> gr.Blocks:
-    """The whole page, around models that are already loaded (never loaded per request)."""
-    views = Views(detector, baseline)
-    banner = status_lines(detector, baseline, notices)
-    shown = detector or baseline
-    can_run = shown is not None
-    has_moe = can_run and shown.config.use_moe  # components a model cannot fill are not shown at all
-    has_ctds = can_run and shown.config.use_ctds
+    """The whole page, around models that are already loaded (never loaded per request): one WMoE-CLIP
+    detector or several by name (see `load_models`), and the baseline."""
+    views = Views(detectors, baseline)
+    banner = status_lines(detectors, baseline, notices)
+    names = list(views.detectors)
+    shown = list(views.detectors.values()) or [m for m in [baseline] if m is not None]
+    can_run = bool(shown)
+    has_moe = any(m.config.use_moe for m in shown)  # components no model can fill are not shown at all
+    has_ctds = any(m.config.use_ctds for m in shown)
     examples = load_examples()
     on_model = dict(concurrency_id="model", concurrency_limit=concurrency)  # all model events share the limit
 
@@ -252,6 +283,12 @@ def build_app(
 
     def opacity_slider():
         return checked(gr.Slider(0, 1, value=0.5, step=0.05, label="Overlay opacity"), "the opacity")
+
+    def checkpoint_menu(elem_id: str, label: str = "Checkpoint"):
+        """Which loaded checkpoint runs (shown when there are several; the API takes the name anyway)."""
+        choices = names or [""]  # without a checkpoint the baseline runs, whatever is chosen
+        menu = gr.Dropdown(choices, value=choices[0], label=label, visible=len(names) > 1, elem_id=elem_id)
+        return checked(menu, "the checkpoint", str)
 
     def class_box(elem_id: str):
         box = gr.Textbox(
@@ -275,6 +312,7 @@ def build_app(
                 with gr.Column(scale=2):
                     image = image_input("input-image")
                     class_name = class_box("class-name")
+                    a_checkpoint = checkpoint_menu("checkpoint")
                     ctds = gr.Checkbox(
                         label=f"CTDS sampling ({CTDS_SAMPLES} prompt samples): uncertainty map",
                         visible=has_ctds,
@@ -357,7 +395,7 @@ def build_app(
                     visible=has_ctds,
                 )
             state = gr.State(None, time_to_live=3600)
-            inputs = [image, class_name, threshold, opacity, scale, ctds]
+            inputs = [image, class_name, threshold, opacity, scale, ctds, a_checkpoint]
             outputs = [overlay, score, routing, experts, layers, uncertainty, timings, downloads, state]
             run.click(views.analyze, inputs, outputs, api_name="analyze", **on_model)
             if ex is not None and can_run:  # clicking an example runs it
@@ -365,7 +403,7 @@ def build_app(
             result_json = gr.JSON(label="result", visible=False)  # the compact endpoint, API only
             gr.Button(visible=False).click(
                 views.predict_json,
-                [image, class_name, threshold],
+                [image, class_name, threshold, a_checkpoint],
                 result_json,
                 api_name="predict_json",
                 **on_model,
@@ -383,13 +421,15 @@ def build_app(
 
         with gr.Tab("Compare"):
             gr.Markdown(
-                "One image through several variants of the loaded model, side by side on one "
-                "colour scale: full WMoE-CLIP; without WCMA; without CTDS; SA-MoE with uniform "
-                "expert weights; and the training-free CLIP baseline with fixed prompts."
+                "One image through every loaded checkpoint and the variants of one, side by side on "
+                "one colour scale: full WMoE-CLIP; without WCMA; without CTDS; SA-MoE with uniform "
+                "expert weights; and the training-free CLIP baseline with fixed prompts. Models on one "
+                "backbone share one backbone pass."
             )
             with gr.Row():
                 with gr.Column(scale=1):
                     c_image, c_class = image_input("compare-image"), class_box("compare-class")
+                    c_checkpoint = checkpoint_menu("compare-checkpoint", "Ablations of checkpoint")
                     c_threshold, c_opacity = threshold_slider(), opacity_slider()
                     c_scale = scale_radio("Colour scale (shared by all variants)")
                     c_run = gr.Button(
@@ -407,7 +447,7 @@ def build_app(
                     c_table = gr.Markdown(label="Scores", elem_id="compare-scores")
             c_run.click(
                 views.compare,
-                [c_image, c_class, c_threshold, c_opacity, c_scale],
+                [c_image, c_class, c_threshold, c_opacity, c_scale, c_checkpoint],
                 [c_gallery, c_table],
                 api_name="compare",
                 **on_model,
@@ -436,6 +476,7 @@ def build_app(
                         elem_id="batch-class-from-folder",
                     )
                     checked(b_from_folder, "the class name from the zip folder", (False, True))
+                    b_checkpoint = checkpoint_menu("batch-checkpoint")
                     b_run = gr.Button(
                         "Score all", variant="primary", elem_id="batch-run", interactive=can_run
                     )
@@ -475,7 +516,7 @@ def build_app(
             )
             b_run.click(
                 views.batch,
-                [b_files, b_class, b_threshold, b_from_folder],
+                [b_files, b_class, b_threshold, b_from_folder, b_checkpoint],
                 [b_gallery, b_summary, b_csv, b_strips, b_routing, b_chart],
                 api_name="batch",
                 **on_model,
@@ -516,8 +557,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument(
         "--checkpoint",
-        default=os.environ.get("WMOE_CHECKPOINT") or None,
-        help="checkpoint folder or Hub repo id (default: $WMOE_CHECKPOINT; none: baseline only)",
+        action="append",
+        help="checkpoint folder or Hub repo id; repeat it for several (default: $WMOE_CHECKPOINT, "
+        "comma- or newline-separated; none: baseline only)",
     )
     p.add_argument(
         "--host",
@@ -548,6 +590,7 @@ def parse_args(argv=None) -> argparse.Namespace:
         help="also serve the public endpoints as MCP tools at /gradio_api/mcp/ (default: $WMOE_MCP=1)",
     )
     args = p.parse_args(argv)
+    args.checkpoint = args.checkpoint or checkpoint_list(os.environ.get("WMOE_CHECKPOINT"))
     if args.concurrency < 1:
         p.error("--concurrency must be at least 1")
     return args
@@ -556,11 +599,11 @@ def parse_args(argv=None) -> argparse.Namespace:
 def main(argv=None):
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     args = parse_args(argv)
-    detector, baseline, notices = load_models(args.checkpoint, args.device, args.dtype, args.baseline)
-    for line in status_lines(detector, baseline, notices):
+    detectors, baseline, notices = load_models(args.checkpoint, args.device, args.dtype, args.baseline)
+    for line in status_lines(detectors, baseline, notices):
         log.warning("%s", re.sub(r"[*`\\]", "", line))
     launch(
-        build_app(detector, baseline, notices, args.concurrency),
+        build_app(detectors, baseline, notices, args.concurrency),
         args.host,
         args.port,
         args.concurrency,

@@ -20,6 +20,7 @@ import shutil
 import tempfile
 import time
 import zipfile
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
@@ -366,24 +367,34 @@ class Result:
 
 
 class Views:
-    """The event handlers; `detector` is WMoE-CLIP (or None), `baseline` the training-free CLIP (or None)."""
+    """The event handlers on the loaded models: WMoE-CLIP checkpoints by name (`detectors`: one Detector,
+    a {name: Detector} mapping, or None) and the training-free CLIP baseline (or None)."""
 
-    def __init__(self, detector: Detector | None, baseline: Detector | None):
-        self.detector, self.baseline = detector, baseline
+    def __init__(self, detectors: Detector | Mapping[str, Detector] | None, baseline: Detector | None):
+        if isinstance(detectors, Detector):
+            detectors = {"WMoE-CLIP": detectors}
+        self.detectors, self.baseline = dict(detectors or {}), baseline
         self.scratch = Scratch()
-        LOADED.update({id(d): d for d in (detector, baseline) if d is not None})
+        LOADED.update({id(d): d for d in (*self.detectors.values(), baseline) if d is not None})
 
-    def primary(self) -> tuple[Detector, dict]:
-        """The model Analyze and Batch use, and how results describe it (warning: why not to trust them)."""
-        if self.detector is not None:
-            d = self.detector
-            warning = UNTRAINED if not d.trained else RANDOM_BACKBONE if includes_backbone(d.config) else None
-            return d, {
-                "name": "WMoE-CLIP",
-                "trained": d.trained,
-                "backbone": d.config.backbone,
-                "warning": warning,
-            }
+    def checkpoint(self, name: str | None) -> tuple[str, Detector]:
+        """The loaded checkpoint of that name (the first when none is given); unknown names are refused."""
+        if not name:
+            return next(iter(self.detectors.items()))
+        if name not in self.detectors:
+            raise user_error(
+                f"No checkpoint named {html.escape(short(str(name), 60))} is loaded; choose one of: "
+                + ", ".join(html.escape(n) for n in self.detectors),
+                title="Unknown checkpoint",
+            )
+        return name, self.detectors[name]
+
+    def primary(self, name: str | None = None) -> tuple[Detector, dict]:
+        """The model Analyze and Batch use (the checkpoint called `name`, else the first, else the baseline),
+        and how results describe it (warning: why not to trust them)."""
+        if self.detectors:
+            name, d = self.checkpoint(name)
+            return d, describe(name, d)
         if self.baseline is not None:
             b = self.baseline
             return b, {
@@ -413,6 +424,7 @@ class Views:
         opacity: float,
         scale: str,
         sample_ctds: bool,
+        checkpoint: str = "",
     ):
         """Find where an object in a photo is abnormal: heatmap overlay, score, SA-MoE routing, maps.
 
@@ -423,6 +435,7 @@ class Views:
             opacity (float): 0..1, how strongly the heatmap covers the image.
             scale (str): "fixed" (0..1, comparable across images) or "stretch" (this image's min..max).
             sample_ctds (bool): also sample 8 CTDS prompts and return the map's standard deviation.
+            checkpoint (str): which loaded checkpoint runs, by name (folder name or Hub repo id); "" = the first.
 
         Returns:
             overlay: the heatmap over the image, at the image's own size
@@ -437,7 +450,7 @@ class Views:
         valid("the class name", class_name, str)
         valid("CTDS sampling", sample_ctds, (False, True))
         settings(threshold, opacity, scale)
-        detector, model = self.primary()
+        detector, model = self.primary(checkpoint)
         image = self.image(image_path)
         pred = run_model(detector, [image], class_name, ctds_samples=CTDS_SAMPLES if sample_ctds else 0)[0]
         if sample_ctds and pred.uncertainty_map is None:
@@ -466,13 +479,14 @@ class Views:
         return shown, score, chart, experts, layers, uncertainty, timings, files, result
 
     @user_errors
-    def predict_json(self, image_path: str, class_name: str, threshold: float) -> dict:
+    def predict_json(self, image_path: str, class_name: str, threshold: float, checkpoint: str = "") -> dict:
         """Score one image and return everything as one compact JSON object, map included (for scripts).
 
         Args:
             image_path (str): the image to analyse (PNG, JPEG, TIFF, BMP, GIF, WebP...).
             class_name (str): what the object is, in a few words (e.g. "screw").
             threshold (float): 0..1; the image is called anomalous when its score is at or above it.
+            checkpoint (str): which loaded checkpoint runs, by name (folder name or Hub repo id); "" = the first.
 
         Returns:
             result: score, decision, threshold, class_name, cls_score, moe_score, expert_weights, expert_scores,
@@ -481,7 +495,7 @@ class Views:
         """
         valid("the class name", class_name, str)
         valid("the threshold", threshold)
-        detector, model = self.primary()
+        detector, model = self.primary(checkpoint)
         pred = run_model(detector, [self.image(image_path)], class_name)[0]
         return result_json(pred, threshold, model) | {"anomaly_map_png16": png16_base64(pred.anomaly_map)}
 
@@ -554,9 +568,17 @@ class Views:
 
     # -- Compare
     @user_errors
-    def compare(self, image_path: str, class_name: str, threshold: float, opacity: float, scale: str):
-        """One image through the WMoE-CLIP variants (full; without WCMA; without CTDS; uniform routing)
-        and the training-free CLIP baseline, side by side on one colour scale.
+    def compare(
+        self,
+        image_path: str,
+        class_name: str,
+        threshold: float,
+        opacity: float,
+        scale: str,
+        checkpoint: str = "",
+    ):
+        """One image through every loaded checkpoint, the ablations of one (without WCMA; without CTDS;
+        uniform routing) and the training-free CLIP baseline, side by side on one colour scale.
 
         Args:
             image_path (str): the image to analyse (PNG, JPEG, TIFF, BMP, GIF, WebP...).
@@ -564,6 +586,7 @@ class Views:
             threshold (float): 0..1; outlines each map's region at or above it and decides each variant.
             opacity (float): 0..1, how strongly the heatmaps cover the image.
             scale (str): "fixed" (0..1) or "stretch" (the joint min..max of all the maps shown).
+            checkpoint (str): whose ablations are shown, by name (folder name or Hub repo id); "" = the first.
 
         Returns:
             variants: one overlay per variant, captioned with its image score
@@ -571,22 +594,15 @@ class Views:
         """
         valid("the class name", class_name, str)
         settings(threshold, opacity, scale)
-        _, model = self.primary()
+        _, model = self.primary(checkpoint)
         image = self.image(image_path)
-        variants, missing = [], []
-        if self.detector is not None:
-            for name, skip, switch, module in VARIANTS:
-                if switch and not getattr(self.detector.config, switch):
-                    missing.append(f"{name}: this checkpoint has no {module} module")
-                    continue
-                variants.append((name, self.detector, skip))
-        else:
-            missing.append("the WMoE-CLIP variants need a checkpoint")
-        if self.baseline is not None:
-            variants.append((BASELINE_NAME, self.baseline, frozenset()))
-        first = variants[0][1]  # every variant shares the backbone: one pass serves them all
-        preds = run_model(first, [image], class_name, variants=variants)
-        runs = [(name, p) for (name, _, _), p in zip(variants, preds, strict=True)]
+        variants, missing = self.variants(checkpoint)
+        runs = []
+        for group in by_backbone(variants):  # one backbone pass per distinct backbone (usually one)
+            preds = run_model(group[0][1], [image], class_name, variants=group)
+            runs += [(name, p) for (name, _, _), p in zip(group, preds, strict=True)]
+        order = [name for name, _, _ in variants]
+        runs.sort(key=lambda r: order.index(r[0]))
         maps = [p.anomaly_map for _, p in runs]
         lo, hi = (0.0, 1.0)
         if scale == "stretch":  # one scale for all: the joint min..max
@@ -628,6 +644,30 @@ class Views:
         notes += [f"Not shown: {md(s)}." for s in missing]
         return gallery, "\n".join(table) + "\n\n" + "\n\n".join(notes)
 
+    def variants(self, chosen: str | None) -> tuple[list[tuple[str, Detector, frozenset]], list[str]]:
+        """Compare's (name, detector, skip) list: each checkpoint in full, then the chosen one's ablations
+        (those its modules allow), then the baseline; and what could not be shown, in words."""
+        variants, missing = [], []
+        if not self.detectors:
+            missing.append("the WMoE-CLIP variants need a checkpoint")
+        else:
+            chosen, detector = self.checkpoint(chosen)
+            several = len(self.detectors) > 1
+            for name, d in self.detectors.items():
+                if several:
+                    variants.append((name, d, frozenset()))
+            for name, skip, switch, module in VARIANTS:
+                if several and not skip:
+                    continue  # already there, under its checkpoint's name
+                label = f"{chosen} {name}" if several else name
+                if switch and not getattr(detector.config, switch):
+                    missing.append(f"{label}: this checkpoint has no {module} module")
+                    continue
+                variants.append((label, detector, skip))
+        if self.baseline is not None:
+            variants.append((BASELINE_NAME, self.baseline, frozenset()))
+        return variants, missing
+
     # -- Batch
     @user_errors
     def batch(
@@ -636,6 +676,7 @@ class Views:
         class_name: str,
         threshold: float,
         class_from_folder: bool = False,
+        checkpoint: str = "",
         progress=gr.Progress(),  # noqa: B008 (gradio's way)
     ):
         """Score several images, or .zip files of images, of one kind of object (at most
@@ -646,6 +687,7 @@ class Views:
             class_name (str): what the objects are, in a few words (e.g. "screw").
             threshold (float): 0..1; images scoring at or above it are called anomalous.
             class_from_folder (bool): an image in a folder of a .zip takes the folder's name as its class name.
+            checkpoint (str): which loaded checkpoint runs, by name (folder name or Hub repo id); "" = the first.
 
         Returns:
             gallery: overlays sorted by score, highest first
@@ -658,7 +700,7 @@ class Views:
         valid("the class name", class_name, str)
         valid("the threshold", threshold)
         valid("the class name from the zip folder", class_from_folder, (False, True))
-        detector, model = self.primary()
+        detector, model = self.primary(checkpoint)
         if not paths:
             raise user_error("Choose some images (or a .zip of images) first.", title="No files")
         items = list(batch_items(paths))
@@ -739,6 +781,29 @@ class Views:
         )
         chart = class_routing_chart({c: (r.mean_weights, r.normalized_entropy) for c, r in by_class.items()})
         return strips, note + "\n\n" + "\n".join(table), png(chart, folder / "routing_by_class.png")
+
+
+def describe(name: str, detector: Detector) -> dict:
+    """How results name a checkpoint, and the warning, if any, why not to trust them."""
+    d = detector
+    warning = UNTRAINED if not d.trained else RANDOM_BACKBONE if includes_backbone(d.config) else None
+    return {
+        "name": "WMoE-CLIP" if name == "WMoE-CLIP" else f"WMoE-CLIP ({name})",
+        "checkpoint": name,
+        "trained": d.trained,
+        "backbone": d.config.backbone,
+        "warning": warning,
+    }
+
+
+def by_backbone(
+    variants: list[tuple[str, Detector, frozenset]],
+) -> list[list[tuple[str, Detector, frozenset]]]:
+    """Variants grouped by the backbone object their detector runs on, in first-seen order."""
+    groups: dict[int, list] = {}
+    for v in variants:
+        groups.setdefault(id(v[1].model.backbone), []).append(v)
+    return list(groups.values())
 
 
 def folder_class(name: str) -> str:

@@ -44,9 +44,10 @@ def main(argv=None):
     with tempfile.TemporaryDirectory() as tmp:
         weights, checkpoint = common.write_checkpoint(args.backbone, args.image_size, Path(tmp))
         os.environ["WMOE_BACKBONE_WEIGHTS"] = str(weights)
-        detector, baseline, notices = app.load_models(str(checkpoint), str(device), args.dtype)
-        if detector is None:
+        detectors, baseline, notices = app.load_models(str(checkpoint), str(device), args.dtype)
+        if not detectors:
             p.error("app.load_models could not load the benchmark checkpoint: " + " ".join(notices))
+        [detector] = detectors.values()
         demo, url = common.serve_app(detector, baseline, notices)
         try:
             path = Path(tmp) / "picture.png"

@@ -7,8 +7,12 @@ transient copies. Then each measurement runs in a fresh process:
   imports, after loading and after predicting; on CUDA also the peak allocated device memory;
 - app: `python app.py --checkpoint ...` (the demo exactly as deployed, with its training-free
   baseline sharing the backbone), one Analyze request over HTTP, then the server's VmHWM
-  (its CUDA memory is not visible from outside; the detector line gives it).
-Target: the app process with ViT-L-14-336 in fp32 at most 3 GB (1e9 bytes) RSS on CPU.
+  (its CUDA memory is not visible from outside; the detector line gives it);
+- app, two checkpoints: the same with `--checkpoint A --checkpoint B` (B: a copy of A's heads in another
+  folder) on the one backbone file: both load once and share the backbone, so the peak should stay close
+  to one checkpoint's; the ratio is printed.
+Targets: the app process with ViT-L-14-336 in fp32 at most 3 GB (1e9 bytes) RSS on CPU; two checkpoints
+at most 1.05x one.
 
     python -m benchmarks.memory                     # ViT-L-14-336, 518 px: detector fp32 and bf16, app fp32
     python -m benchmarks.memory --dtype fp32 --no-app
@@ -19,6 +23,7 @@ from __future__ import annotations
 import json
 import os
 import resource
+import shutil
 import signal
 import subprocess
 import sys
@@ -33,6 +38,7 @@ from benchmarks import common
 from wmoe.detector import Detector
 
 TARGET_GB = 3.0  # app process, ViT-L-14-336, fp32, CPU
+TARGET_TWO_CHECKPOINTS = 1.05  # app peak RSS with two checkpoints on one backbone / with one
 GB = 1e9
 APP_START_TIMEOUT_S = 900
 
@@ -73,16 +79,16 @@ def measure_detector(spec: dict) -> dict:
     return result
 
 
-def measure_app(spec: dict, env: dict, folder: Path) -> dict:
-    """Start app.py as deployed, wait until it serves, send one Analyze request, read its VmHWM, stop it."""
+def measure_app(spec: dict, env: dict, folder: Path, checkpoints: list[str]) -> dict:
+    """Start app.py as deployed with these checkpoints, wait until it serves, send one Analyze request,
+    read its VmHWM, stop it."""
     from gradio_client import Client
 
     port = common.free_port()
     cmd = [
         sys.executable,
         str(common.ROOT / "app.py"),
-        "--checkpoint",
-        spec["checkpoint"],
+        *(arg for c in checkpoints for arg in ("--checkpoint", c)),
         "--port",
         str(port),
         "--device",
@@ -167,14 +173,25 @@ def main(argv=None):
         files = in_child("write", {**spec, "folder": tmp}, args, dict(os.environ))
         env = {**os.environ, "WMOE_BACKBONE_WEIGHTS": files["weights"]}
         spec.update(checkpoint=files["checkpoint"], picture=files["picture"])
-        runs = [("detector", name) for name in names] + ([("app", names[0])] if run_app else [])
+        second = Path(tmp) / "checkpoint-b"
+        shutil.copytree(files["checkpoint"], second)
+        runs = [("detector", name) for name in names]
+        runs += [("app", names[0]), ("app_two_checkpoints", names[0])] if run_app else []
+        one_app = None
         for process, name in runs:
             if process == "detector":
                 result = in_child("detector", {**spec, "dtype": name}, args, env)
                 what = "fresh python: Detector.from_pretrained + one predict"
-            else:
-                result = measure_app({**spec, "dtype": name}, env, Path(tmp))
+            elif process == "app":
+                result = measure_app({**spec, "dtype": name}, env, Path(tmp), [files["checkpoint"]])
                 what = "python app.py --checkpoint ... (as deployed) + one Analyze request over HTTP"
+                one_app = result["peak_rss_predicted_gb"]
+            else:
+                result = measure_app(
+                    {**spec, "dtype": name}, env, Path(tmp), [files["checkpoint"], str(second)]
+                )
+                what = "python app.py --checkpoint A --checkpoint B (one backbone) + one Analyze request over HTTP"
+                result["ratio_to_one_checkpoint"] = result["peak_rss_predicted_gb"] / one_app
             record = {
                 **base,
                 "what": "peak_memory",
@@ -188,6 +205,11 @@ def main(argv=None):
                 record.update(
                     target_max_gb=target,
                     met=None if target is None else result["peak_rss_predicted_gb"] <= target,
+                )
+            if process == "app_two_checkpoints":
+                record.update(
+                    target_max_ratio=TARGET_TWO_CHECKPOINTS,
+                    met=result["ratio_to_one_checkpoint"] <= TARGET_TWO_CHECKPOINTS,
                 )
             common.emit(record, device, args.out, load_start)
 

@@ -19,6 +19,7 @@ import pytest
 from app_server import free_port, page_config, serve
 from gradio_client import Client, handle_file
 from gradio_client.exceptions import AppError
+from helpers import randomize_heads
 from PIL import Image
 
 import app
@@ -54,7 +55,8 @@ def count_model_runs(*detectors) -> list:
 
 @pytest.fixture(scope="module")
 def served(tiny_checkpoint):
-    detector, baseline, notices = app.load_models(str(tiny_checkpoint))
+    detectors, baseline, notices = app.load_models(str(tiny_checkpoint))
+    detector = detectors[tiny_checkpoint.name]
     calls = count_model_runs(detector, baseline)
     demo, url = serve(detector, baseline, notices)
     yield SimpleNamespace(url=url, calls=calls, detector=detector)
@@ -263,25 +265,25 @@ def test_untrained_checkpoint_shows_its_banner_and_serving_limits(served):
 
 def test_trained_checkpoint_has_no_untrained_banner(tmp_path):
     save_pretrained(WMoECLIP(WMoEConfig.tiny()), tmp_path, {"trained": True})
-    detector, baseline, notices = app.load_models(str(tmp_path))
-    lines = app.status_lines(detector, baseline, notices)
-    assert detector.trained and not any(app.UNTRAINED in line for line in lines)
+    detectors, baseline, notices = app.load_models(str(tmp_path))
+    lines = app.status_lines(detectors, baseline, notices)
+    assert detectors[tmp_path.name].trained and not any(app.UNTRAINED in line for line in lines)
     assert any("random weights" in line for line in lines)  # the tiny backbone is still no CLIP
 
 
 def test_unloadable_checkpoint_falls_back_to_the_baseline(tmp_path):
     (tmp_path / "ckpt").mkdir()
     (tmp_path / "ckpt" / "config.json").write_text("{broken")
-    detector, baseline, notices = app.load_models(str(tmp_path / "ckpt"), baseline="tiny")
-    assert detector is None and baseline is not None
+    detectors, baseline, notices = app.load_models(str(tmp_path / "ckpt"), baseline="tiny")
+    assert detectors == {} and baseline is not None
     assert "could not be loaded" in notices[0] and "training-free CLIP baseline" in notices[0]
     assert str(tmp_path) not in notices[0]
 
 
 def test_no_checkpoint_offers_the_baseline(image_file):
-    detector, baseline, notices = app.load_models(None, baseline="tiny")
-    assert detector is None and "No WMoE-CLIP checkpoint was given" in notices[0]
-    demo, url = serve(detector, baseline, notices)
+    detectors, baseline, notices = app.load_models(None, baseline="tiny")
+    assert detectors == {} and "No WMoE-CLIP checkpoint was given" in notices[0]
+    demo, url = serve(detectors, baseline, notices)
     try:
         assert "training-free CLIP baseline" in prop(page_config(url), "banner", "value")
         client = Client(url, verbose=False)
@@ -343,12 +345,12 @@ def test_cli_respects_spaces_environment(monkeypatch):
     monkeypatch.setenv("GRADIO_SERVER_PORT", "7000")
     monkeypatch.setenv("WMOE_CHECKPOINT", "org/wmoe-clip")
     args = app.parse_args([])
-    assert (args.host, args.port, args.checkpoint) == ("0.0.0.0", 7000, "org/wmoe-clip")
+    assert (args.host, args.port, args.checkpoint) == ("0.0.0.0", 7000, ["org/wmoe-clip"])
     args = app.parse_args(["--host", "127.0.0.1", "--port", "9", "--checkpoint", "ckpt"])
-    assert (args.host, args.port, args.checkpoint) == ("127.0.0.1", 9, "ckpt")
+    assert (args.host, args.port, args.checkpoint) == ("127.0.0.1", 9, ["ckpt"])
     monkeypatch.delenv("GRADIO_SERVER_NAME")
     monkeypatch.delenv("WMOE_CHECKPOINT")
-    assert (app.parse_args([]).host, app.parse_args([]).checkpoint) == ("127.0.0.1", None)
+    assert (app.parse_args([]).host, app.parse_args([]).checkpoint) == ("127.0.0.1", [])
 
 
 def test_examples_are_listed_with_class_names():
@@ -403,3 +405,64 @@ def test_batch_shows_each_images_routing_and_the_mean_per_zip_folder(client, ser
     )
     assert {r["class_name"] for r in csv.DictReader(io.StringIO(Path(csv_file).read_text()))} == {"part"}
     assert "| part | 3 |" in table and "| screw |" not in table
+
+
+@pytest.fixture(scope="module")
+def two_checkpoints(tmp_path_factory):
+    """Two tiny checkpoints on one random backbone, with different heads."""
+    root = tmp_path_factory.mktemp("two")
+    for name, seed in [("alpha", 1), ("beta", 2)]:
+        save_pretrained(randomize_heads(WMoECLIP(WMoEConfig.tiny()), seed=seed), root / name)
+    return root / "alpha", root / "beta"
+
+
+def test_several_checkpoints_share_one_backbone_in_memory_and_in_compare(two_checkpoints, image_file):
+    detectors, baseline, notices = app.load_models([str(c) for c in two_checkpoints])
+    assert list(detectors) == ["alpha", "beta"] and not notices
+    alpha, beta = detectors.values()
+    assert alpha.model.backbone is beta.model.backbone is baseline.model.backbone  # one copy in memory
+    calls = count_model_runs(alpha, beta, baseline)
+    demo, url = serve(detectors, baseline, notices)
+    try:
+        client = Client(url, verbose=False)
+        gallery, table = client.predict(
+            handle_file(str(image_file)), "brick wall", 0.5, 0.5, "fixed", "beta", api_name="/compare"
+        )
+        assert calls.count(("backbone", 1)) == 1  # one backbone pass for both checkpoints and all variants
+        names = [g["caption"].split(":")[0] for g in gallery]
+        assert names == [
+            "alpha",
+            "beta",
+            "beta without WCMA",
+            "beta without CTDS",
+            "beta SA-MoE with uniform weights",
+            "training-free CLIP baseline",
+        ]
+        scores = dict(zip(names, (float(g["caption"].rsplit(" ", 1)[1]) for g in gallery), strict=True))
+        image = Image.open(image_file)
+        for name, d in detectors.items():
+            assert scores[name] == pytest.approx(d.predict(image, "brick wall").score, abs=1e-3)
+        assert scores["alpha"] != scores["beta"]
+        result = client.predict(
+            handle_file(str(image_file)), "brick wall", 0.5, "beta", api_name="/predict_json"
+        )
+        assert result["model"]["checkpoint"] == "beta"
+        assert result["score"] == pytest.approx(beta.predict(image, "brick wall").score, abs=1e-6)
+        with pytest.raises((AppError, ValueError), match="gamma"):
+            client.predict(handle_file(str(image_file)), "brick wall", 0.5, "gamma", api_name="/predict_json")
+        assert "checkpoint" in {c["props"].get("elem_id") for c in page_config(url)["components"]}
+    finally:
+        demo.close()
+    views = app_views.Views(detectors, baseline)
+    with pytest.raises(
+        app_views.gr.Error, match="No checkpoint named gamma is loaded; choose one of: alpha, beta"
+    ):
+        views.predict_json(str(image_file), "brick wall", 0.5, "gamma")
+
+
+def test_checkpoints_from_flags_or_the_space_variable(monkeypatch):
+    assert app.parse_args(["--checkpoint", "a", "--checkpoint", "org/b"]).checkpoint == ["a", "org/b"]
+    monkeypatch.setenv("WMOE_CHECKPOINT", "a, org/b\norg/c\n")
+    assert app.parse_args([]).checkpoint == ["a", "org/b", "org/c"]
+    monkeypatch.delenv("WMOE_CHECKPOINT")
+    assert app.parse_args([]).checkpoint == []

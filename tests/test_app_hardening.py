@@ -37,7 +37,8 @@ MARKUP = ["<img src=x onerror=alert(1)>", "<script>alert(1)</script>", "**bold**
 
 @pytest.fixture(scope="module")
 def served(tiny_checkpoint):
-    detector, baseline, notices = app.load_models(str(tiny_checkpoint))
+    detectors, baseline, notices = app.load_models(str(tiny_checkpoint))
+    detector = detectors[tiny_checkpoint.name]
     others = scratch_folders()
     demo, url = serve(detector, baseline, notices)
     scratch = scratch_folders() - others  # the app's own temporary folder (and any another process just made)

@@ -36,7 +36,8 @@ FORMULAS = ['=HYPERLINK("http://evil.example","x")', "+1+1", "-2+3", "@SUM(1)", 
 
 @pytest.fixture(scope="module")
 def served(tiny_checkpoint):
-    detector, baseline, notices = app.load_models(str(tiny_checkpoint))
+    detectors, baseline, notices = app.load_models(str(tiny_checkpoint))
+    detector = detectors[tiny_checkpoint.name]
     demo, url = serve(detector, baseline, notices)
     yield SimpleNamespace(url=url, detector=detector, baseline=baseline, checkpoint=tiny_checkpoint)
     demo.close()

@@ -63,6 +63,20 @@ def resolve_backbone_weights(config: WMoEConfig) -> tuple[str | None, bool]:
     return cached_or_download(repo_id, files, how_to_fix=fix), quick_gelu
 
 
+def backbone_source(config: WMoEConfig) -> tuple:
+    """What a config's backbone is made of: (open_clip name, input size, pretrained tag, weights file,
+    WMOE_BACKBONE_WEIGHTS). Two configs with the same source and named weights (a tag or a file) get the
+    same backbone; random weights (pretrained and weights file both None) travel in the checkpoint and
+    are compared tensor by tensor (`wmoe.checkpoint.load_model`)."""
+    return (
+        config.backbone,
+        config.image_size,
+        config.pretrained,
+        config.backbone_weights,
+        os.environ.get("WMOE_BACKBONE_WEIGHTS"),
+    )
+
+
 @contextmanager
 def seeded(seed: int):
     """Random initialisation from `seed`, leaving the caller's global RNG state as it was."""
@@ -186,6 +200,7 @@ class Backbone(nn.Module):
         self.mean = tuple(visual.preprocess_cfg.get("mean", open_clip.OPENAI_DATASET_MEAN))
         self.std = tuple(visual.preprocess_cfg.get("std", open_clip.OPENAI_DATASET_STD))
         self._fingerprint: str | None = None
+        self.source = backbone_source(config)
 
     def train(self, mode: bool = True):
         """The backbone is frozen: it stays in eval mode whatever the parent does."""

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import re
+from collections.abc import Sequence
 from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
@@ -19,6 +20,7 @@ from huggingface_hub import snapshot_download
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from .backbone import Backbone, backbone_source
 from .config import CONFIG_NAME, ConfigError, WMoEConfig
 from .errors import WMoEError
 from .hub import WeightsNotFoundError, unavailable_reason
@@ -150,9 +152,21 @@ def resolve_checkpoint(path_or_repo_id: str | os.PathLike, revision: str | None 
 
 
 def load_model(
-    path_or_repo_id: str | os.PathLike, revision: str | None = None, backbone=None
+    path_or_repo_id: str | os.PathLike,
+    revision: str | None = None,
+    backbone: Backbone | None = None,
+    *,
+    share: Sequence[Backbone] = (),
 ) -> tuple[WMoECLIP, dict]:
-    """Build the model described by a checkpoint and load its weights; returns (model, info)."""
+    """Build the model described by a checkpoint and load its weights; returns (model, info).
+
+    Args:
+        path_or_repo_id: a checkpoint folder or a Hub repo id.
+        revision: a Hub revision (branch, tag or commit).
+        backbone: use this backbone; CheckpointError unless it is the checkpoint's own (`serves`).
+        share: backbones already loaded: the first that is the checkpoint's own is used (no second copy
+            in memory), and only when none is, the checkpoint's backbone is loaded.
+    """
     directory = resolve_checkpoint(path_or_repo_id, revision)
     config, info = WMoEConfig.load(directory / CONFIG_NAME)
     weights = directory / WEIGHTS_NAME
@@ -162,6 +176,17 @@ def load_model(
         state = load_file(str(weights))
     except (SafetensorError, OSError, ValueError) as e:
         raise CheckpointError(f"{weights}: not a readable safetensors file ({e})") from e
+    candidates = [backbone] if backbone is not None else list(share)
+    chosen = next((b for b in candidates if serves(b, config, state)), None)
+    if backbone is not None and chosen is None:
+        raise CheckpointError(
+            f"{directory / CONFIG_NAME}: its backbone ({config.backbone} at {config.image_size} px, "
+            f"weights {config.pretrained or config.backbone_weights or 'stored in the checkpoint'}) is not "
+            "the one given"
+        )
+    backbone = chosen
+    if backbone is not None:
+        state = {k: v for k, v in state.items() if not k.startswith("backbone.")}
     model = WMoECLIP(config, backbone=backbone, load_backbone_weights=not includes_backbone(config))
     expected = {n: p.shape for n, p in model.head_parameters().items()}
     if includes_backbone(config) and backbone is None:
@@ -185,6 +210,21 @@ def load_model(
         )
     model.load_state_dict({k: v for k, v in state.items() if k in expected}, strict=False)
     return model, info
+
+
+def serves(backbone: Backbone, config: WMoEConfig, state: dict[str, torch.Tensor]) -> bool:
+    """Whether `backbone` is the one a checkpoint (its config and saved tensors) describes: the same
+    source (`backbone_source`), and for random weights saved in the checkpoint, the same tensors."""
+    if backbone.source != backbone_source(config):
+        return False
+    if not includes_backbone(config):
+        return True
+    own = backbone.state_dict()
+    stored = {k[len("backbone.") :]: v for k, v in state.items() if k.startswith("backbone.")}
+    return set(stored) == set(own) and all(
+        stored[k].shape == v.shape and torch.equal(stored[k], v.detach().to("cpu", torch.float32))
+        for k, v in own.items()
+    )
 
 
 def push_to_hub(
@@ -233,5 +273,6 @@ __all__ = [
     "push_to_hub",
     "resolve_checkpoint",
     "save_pretrained",
+    "serves",
     "upload_checkpoint",
 ]

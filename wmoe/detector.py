@@ -98,10 +98,17 @@ class Detector:
         revision: str | None = None,
         device: str | torch.device | None = None,
         dtype: str | torch.dtype | None = None,
+        *,
+        share: Sequence[Backbone] = (),
         **kwargs,
     ) -> Detector:
-        """Load a checkpoint folder or Hub repo id (revision pinnable; honours HF_HUB_OFFLINE, HF_HOME)."""
-        model, info = load_model(path_or_repo_id, revision=revision)
+        """Load a checkpoint folder or Hub repo id (revision pinnable; honours HF_HUB_OFFLINE, HF_HOME).
+
+        share: backbones already loaded (`detector.model.backbone`); one that is this checkpoint's own is
+        used instead of loading a second copy (see `wmoe.checkpoint.load_model`), so detectors on one
+        backbone can also share one backbone pass (`predict_encoded`).
+        """
+        model, info = load_model(path_or_repo_id, revision=revision, share=share)
         return cls(model, device=device, dtype=dtype, info=info, **kwargs)
 
     @classmethod
