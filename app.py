@@ -287,8 +287,8 @@ def build_app(
     def checkpoint_menu(elem_id: str, label: str = "Checkpoint"):
         """Which loaded checkpoint runs (shown when there are several; the API takes the name anyway)."""
         choices = names or [""]  # without a checkpoint the baseline runs, whatever is chosen
-        menu = gr.Dropdown(choices, value=choices[0], label=label, visible=len(names) > 1, elem_id=elem_id)
-        return checked(menu, "the checkpoint", str)
+        # gradio refuses a name not in the menu; None (or nothing) means the first
+        return gr.Dropdown(choices, value=choices[0], label=label, visible=len(names) > 1, elem_id=elem_id)
 
     def class_box(elem_id: str):
         box = gr.Textbox(
