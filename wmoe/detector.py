@@ -19,6 +19,8 @@ from .features import BackboneFeatures, FeatureMismatchError
 from .model import WMoECLIP
 from .precision import dtype_name, resolve_dtype
 from .preprocess import ImageInput, load_image, to_tensor
+from .references import CACHE as REFERENCES
+from .references import ReferenceFeatures, combine, content_key, load_references, reference_map
 
 
 @dataclass
@@ -37,6 +39,11 @@ class Prediction:
     uncertainty_map: np.ndarray | None = None  # (H, W) when CTDS sampling was asked for
     timings: dict[str, float] = field(default_factory=dict)  # seconds per stage
     notes: list[str] = field(default_factory=list)  # what was adjusted in the input, in plain words
+    # with reference images (wmoe.references): score and anomaly_map combine these two parts
+    zero_shot_map: np.ndarray | None = None  # (H, W) the map without references (anomaly_map itself without)
+    zero_shot_score: float | None = None
+    reference_map: np.ndarray | None = None  # (H, W) in [0, 1]: distance to the nearest reference patch
+    references: int = 0  # how many reference images were used
 
     def to_dict(self) -> dict:
         """A JSON-ready summary (no maps)."""
@@ -49,6 +56,11 @@ class Prediction:
             "expert_weights": arr(self.expert_weights),
             "expert_scores": arr(self.expert_scores),
             "image_size": list(self.anomaly_map.shape),
+            "references": self.references,
+            "zero_shot_score": None if self.zero_shot_score is None else round(self.zero_shot_score, 6),
+            "reference_score": None
+            if self.reference_map is None
+            else round(float(self.reference_map.max()), 6),
             "timings": {k: round(v, 4) for k, v in self.timings.items()},
             "notes": self.notes,
         }
@@ -146,7 +158,8 @@ class Detector:
         return bool(self.info.get("trained"))
 
     def predict(self, image: ImageInput, class_name: str = DEFAULT_CLASS, **kwargs) -> Prediction:
-        """One image (path, bytes, PIL image or numpy array) and the name of the object in it."""
+        """One image (path, bytes, PIL image or numpy array) and the name of the object in it; the keywords
+        of `predict_batch` (e.g. `references=[...]`, up to `wmoe.references.MAX_REFERENCES` normal images)."""
         return self.predict_batch([image], [class_name], **kwargs)[0]
 
     @torch.inference_mode()
@@ -157,10 +170,44 @@ class Detector:
         *,
         skip: frozenset[str] = frozenset(),
         ctds_samples: int | None = None,
+        references: Sequence[ImageInput] | ReferenceFeatures | None = None,
     ) -> list[Prediction]:
-        """Several images through one backbone batch; class_names is one name for all, or one per image."""
+        """Several images through one backbone batch; class_names is one name for all, or one per image.
+
+        references: normal images of the same part (paths, bytes, PIL images, arrays; at most
+        `wmoe.references.MAX_REFERENCES`): each prediction then also has a `reference_map`, and its
+        `anomaly_map` and `score` combine both parts (see `wmoe.references`).
+        """
         self._names(class_names, len(images))
-        return self.predict_encoded(self.encode(images), class_names, skip=skip, ctds_samples=ctds_samples)
+        refs = self.reference_features(references)  # a bad reference fails before the images' pass
+        encoded = self.encode(images)
+        return self.predict_encoded(
+            encoded, class_names, skip=skip, ctds_samples=ctds_samples, references=refs
+        )
+
+    @torch.inference_mode()
+    def reference_features(
+        self, references: Sequence[ImageInput] | ReferenceFeatures | None
+    ) -> ReferenceFeatures | None:
+        """The features of a reference set for this detector's layers: computed once (one backbone pass
+        over the references), then taken from `wmoe.references.CACHE` for the same images; None for none."""
+        if references is None or isinstance(references, ReferenceFeatures):
+            return references
+        images = load_references(references)
+        if not images:
+            return None
+        layers = tuple(self.config.layers)
+        key = (layers, str(self.device), self.dtype, content_key(images))
+
+        def compute() -> ReferenceFeatures:
+            encoded = self.encode(images, layers=layers)
+            patches = {
+                k: F.normalize(t.float(), dim=-1).reshape(-1, t.shape[-1])
+                for k, t in zip(layers, encoded.features.taps(layers), strict=True)
+            }
+            return ReferenceFeatures(patches, len(images))
+
+        return REFERENCES.get(self.model.backbone, key, compute)
 
     @torch.inference_mode()
     def encode(self, images: Sequence[ImageInput], *, layers: Iterable[int] | None = None) -> EncodedBatch:
@@ -187,8 +234,10 @@ class Detector:
         *,
         skip: frozenset[str] = frozenset(),
         ctds_samples: int | None = None,
+        references: Sequence[ImageInput] | ReferenceFeatures | None = None,
     ) -> list[Prediction]:
-        """This detector's heads on features from `encode` (its own, or another detector's on the same backbone).
+        """This detector's heads on features from `encode` (its own, or another detector's on the same backbone);
+        `references` as in `predict_batch`.
 
         Raises FeatureMismatchError when the features come from another backbone (weights, input size or
         normalisation), lack a block this model taps, or were computed on another device or precision.
@@ -199,27 +248,44 @@ class Detector:
         names = [self._clean_name(n, note) for n, note in zip(names, notes, strict=True)]
         timings = dict(encoded.timings)
         samples = self.ctds_samples if ctds_samples is None else ctds_samples
+        refs = self.reference_features(references)
         with self._autocast():
             out = self.model.heads(encoded.features, names, skip=skip, ctds_samples=samples, timings=timings)
+        rmaps = None
+        if refs is not None:
+            t0 = time.perf_counter()
+            rmaps = reference_map(encoded.features, refs, self.config.layers)
+            timings["references"] = time.perf_counter() - t0
         t0 = time.perf_counter()
-        preds = [self._prediction(out, i, size, names[i], notes[i]) for i, size in enumerate(encoded.sizes)]
+        preds = [
+            self._prediction(
+                out, i, size, names[i], notes[i], None if rmaps is None else (rmaps[i], refs.count)
+            )
+            for i, size in enumerate(encoded.sizes)
+        ]
         timings["postprocess"] = time.perf_counter() - t0
         for p in preds:
             p.timings = dict(timings)
         return preds
 
     def compare(
-        self, image: ImageInput, class_name: str, variants: Sequence[tuple[str, Detector, frozenset[str]]]
+        self, image: ImageInput, class_name: str, variants: Sequence[tuple]
     ) -> list[tuple[str, Prediction]]:
-        """Several (name, detector, skip) variants of one image for one backbone pass (this detector's).
+        """Several (name, detector, skip[, references]) variants of one image for one backbone pass (this
+        detector's; the references' features come from the cache after their first use).
 
         Every variant's detector must share this one's backbone (`Detector.training_free(backbone=...)`).
         """
-        layers = set(self.config.layers).union(*(d.config.layers for _, d, _ in variants))
-        for _, d, _ in variants:  # before paying the backbone pass
+        variants = [(v[0], v[1], v[2], v[3] if len(v) > 3 else None) for v in variants]
+        layers = set(self.config.layers).union(*(d.config.layers for _, d, _, _ in variants))
+        for _, d, _, _ in variants:  # before paying the backbone pass
             check_same_backbone(self.model.backbone, d.model.backbone)
+        refs = [d.reference_features(r) for _, d, _, r in variants]
         encoded = self.encode([image], layers=layers)
-        return [(name, d.predict_encoded(encoded, class_name, skip=skip)[0]) for name, d, skip in variants]
+        return [
+            (name, d.predict_encoded(encoded, class_name, skip=skip, references=r)[0])
+            for (name, d, skip, _), r in zip(variants, refs, strict=True)
+        ]
 
     def _autocast(self):
         return torch.autocast(self.device.type, dtype=self.dtype, enabled=self.dtype != torch.float32)
@@ -250,7 +316,11 @@ class Detector:
             notes.append("the class name is longer than the text encoder's context: it was cut to fit")
         return name
 
-    def _prediction(self, out, i: int, size: tuple[int, int], name: str, notes: list[str]) -> Prediction:
+    def _prediction(
+        self, out, i: int, size: tuple[int, int], name: str, notes: list[str], ref=None
+    ) -> Prediction:
+        """Image i's numpy result at its size; ref: (its reference map on the patch grid, reference count)."""
+
         def resize(maps):  # (C, h, w) -> numpy (C, H, W) float32 at the image size
             return (
                 F.interpolate(maps[None].float(), size=size, mode="bilinear", align_corners=False)[0]
@@ -277,6 +347,12 @@ class Detector:
             pred.moe_score = float(out.moe_score[i])
         if out.uncertainty_map is not None:
             pred.uncertainty_map = resize(out.uncertainty_map[i][None])[0]
+        pred.zero_shot_map, pred.zero_shot_score = pred.anomaly_map, pred.score
+        if ref is not None:
+            pred.reference_map, pred.references = clip01(resize(ref[0][None])[0]), ref[1]
+            pred.anomaly_map, pred.score = combine(
+                pred.zero_shot_map, pred.reference_map, pred.zero_shot_score
+            )
         return pred
 
 
