@@ -157,6 +157,18 @@ def test_evaluate_cli_with_a_cache_gives_the_same_metrics(data, uncached, tmp_pa
     warm = evaluate("warm", "--feature-cache", str(tmp_path / "cache"))
     assert sum(backbone_images) == 8  # nothing more
     assert plain["per_class"] == cold["per_class"] == warm["per_class"]
+    assert plain["map_size"] == 48  # pixel metrics at the model input size by default
+    assert evaluate("small", "--map-size", "16")["map_size"] == 16
+
+
+def test_recipes_evaluate_at_the_model_input_size_by_default(uncached):
+    from training.config import Eval
+    from training.evaluate import map_side
+
+    root = Path(__file__).resolve().parents[1] / "training" / "configs"
+    real = load_config(root / "mvtec_to_all.yaml", "out")
+    assert Eval().map_size == 0 and map_side(real.eval.map_size, real.model.image_size) == 518
+    assert uncached[0]["map_size"] == 48
 
 
 def features_of(model: WMoECLIP, seed: int = 0):

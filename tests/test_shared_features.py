@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 import torch
-from conftest import randomize_heads
+from helpers import randomize_heads
 from PIL import Image
 
 from wmoe import Detector, WMoECLIP, WMoEConfig

@@ -341,7 +341,7 @@ def test_config_errors_name_the_file_and_key(data, tmp_path):
             r"optim.schedule: expected one of \['constant', 'cosine'\], got 'linear'",
         ),
         ("eval", "batch_size", 0, r"eval.batch_size: expected >= 1, got 0"),
-        ("eval", "map_size", 4, r"eval.map_size: expected >= 8, got 4"),
+        ("eval", "map_size", 4, r"eval.map_size: expected 0 \(model input size\) or >= 8, got 4"),
         ("checkpoint", "keep", 0, r"checkpoint.keep: expected >= 1, got 0"),
         ("checkpoint", "every_steps", -1, r"checkpoint.every_steps: expected >= 0, got -1"),
         ("train", "classes", "a", r"train.classes: expected a list of class names, got 'a'"),
@@ -361,7 +361,7 @@ def test_recipe_rules_live_in_their_dataclasses():
     """The same rules hold for a recipe built in Python, without a file (the loader only adds the file name)."""
     with pytest.raises(TrainConfigError, match=r"^lr: expected > 0"):
         Optim(lr=-1.0)
-    with pytest.raises(TrainConfigError, match=r"^map_size: expected >= 8"):
+    with pytest.raises(TrainConfigError, match=r"^map_size: expected 0 \(model input size\) or >= 8"):
         Eval(map_size=2)
     with pytest.raises(TrainConfigError, match=r"^datasets: expected unique names"):
         Eval(datasets=[DataSource("data/a"), DataSource("other/a")])

@@ -78,13 +78,20 @@ class Optim:
 @dataclass
 class Eval:
     batch_size: int = 32
-    map_size: int = 256  # maps and masks are stored at min(map_size, image_size) for the pixel metrics
+    # side of the maps and masks of the pixel metrics: 0 = the model input size (the field's protocol),
+    # else min(map_size, image_size) to save memory (training/README.md "Evaluation memory")
+    map_size: int = 0
     untrained: bool = False  # also evaluate the initial heads (the "untrained" block of metrics.json)
     datasets: list[DataSource] = field(default_factory=list)
 
     def __post_init__(self):
         _check(self.batch_size >= 1, "batch_size", ">= 1", self.batch_size)
-        _check(self.map_size >= 8, "map_size", ">= 8", self.map_size)
+        _check(
+            self.map_size == 0 or self.map_size >= 8,
+            "map_size",
+            "0 (model input size) or >= 8",
+            self.map_size,
+        )
         names = [s.name for s in self.datasets]
         _check(len(set(names)) == len(names), "datasets", "unique names (set name:)", names)
 

@@ -34,6 +34,7 @@ class World:
     rank: int = 0
     size: int = 1
     device: torch.device = torch.device("cpu")
+    opened: bool = False  # this World joined the process group (and close_world leaves it)
 
     @property
     def main(self) -> bool:
@@ -57,17 +58,22 @@ def choose_device(preference: str = "auto", local_rank: int = 0) -> torch.device
 
 
 def init_world(preference: str = "auto") -> World:
-    """Join the torchrun process group when WORLD_SIZE > 1 (env:// rendezvous), else a world of one."""
+    """Join the torchrun process group when WORLD_SIZE > 1 (env:// rendezvous), else a world of one.
+
+    A group already joined (by a caller running several trainings, training.ablate) is reused as is.
+    """
     size = int(os.environ.get("WORLD_SIZE", "1"))
     rank, local_rank = int(os.environ.get("RANK", "0")), int(os.environ.get("LOCAL_RANK", "0"))
     device = choose_device(preference, local_rank)
-    if size > 1 and not dist.is_initialized():
+    opened = size > 1 and not dist.is_initialized()
+    if opened:
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
-    return World(rank=rank, size=size, device=device)
+    return World(rank=rank, size=size, device=device, opened=opened)
 
 
 def close_world(world: World):
-    if world.distributed and dist.is_initialized():
+    """Leave the process group if this World joined it."""
+    if world.opened and dist.is_initialized():
         dist.destroy_process_group()
 
 

@@ -7,7 +7,7 @@ with SA-MoE each class's mean routing weights and routing entropy (wmoe.routing)
 routing.csv, a `routing` field in metrics.json and the chart routing.png. The model
 sees each image through the inference preprocessing (wmoe.preprocess) and gives the same anomaly map
 and image score as wmoe.Detector. Memory stays modest: classes are evaluated one at a time, and each
-class's maps and masks are kept at min(--map-size, model input size) pixels a side (float32 maps, uint8
+class's maps and masks are kept at the model input size (or min(--map-size, that) pixels a side) (float32 maps, uint8
 masks: 5 bytes per pixel, plus about 12 bytes per pixel while its metrics are computed), and only for
 images whose masks are known (none for image-label-only classes).
 Runs under torchrun too: each process takes a share of every class and the results are gathered.
@@ -196,6 +196,11 @@ def _class_metrics(rows: dict[str, torch.Tensor]) -> tuple[dict[str, float], dic
     return {k: float(result[k]) for k in METRICS}, counts
 
 
+def map_side(map_size: int, image_size: int) -> int:
+    """The side of the maps and masks the pixel metrics use: 0 = the model input size."""
+    return image_size if map_size == 0 else min(map_size, image_size)
+
+
 def combine(results: dict[str, dict]) -> dict:
     """Several datasets into one result: per_class keys "dataset/class", per_dataset means, and the mean
     over datasets (each dataset counts once). A single dataset is returned as is."""
@@ -350,7 +355,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", required=True, help="folder for results.md, results.csv and metrics.json")
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument(
-        "--map-size", type=int, default=256, help="side of the stored maps and masks (default 256)"
+        "--map-size",
+        type=int,
+        default=0,
+        help="side of the stored maps and masks (default 0: the model input size, as published numbers)",
     )
     ap.add_argument("--device", default="auto", choices=DEVICES)
     ap.add_argument("--precision", default="auto", choices=PRECISIONS)
@@ -394,7 +402,7 @@ def main(argv: list[str] | None = None) -> int:
             image_size=size,
             mean=model.backbone.mean,
             std=model.backbone.std,
-            mask_size=min(args.map_size, size),
+            mask_size=map_side(args.map_size, size),
             features=cache,
         )
         if world.main and not info.get("trained"):

@@ -46,7 +46,7 @@ from training.distributed import (
     close_world,
     init_world,
 )
-from training.evaluate import combine, markdown_table, to_json, write_results
+from training.evaluate import combine, map_side, markdown_table, to_json, write_results
 from training.evaluate import evaluate as evaluate_dataset
 from training.feature_cache import STORAGE, FeatureCache, batch_inputs
 from training.prepare_data import prepare
@@ -192,7 +192,7 @@ class Trainer:
                 image_size=size,
                 mean=bb.mean,
                 std=bb.std,
-                mask_size=min(cfg.eval.map_size, size),
+                mask_size=map_side(cfg.eval.map_size, size),
                 name=s.name,
                 features=self.cache,
             )
