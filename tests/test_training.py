@@ -412,7 +412,7 @@ def test_training_precisions_are_wmoe_dtype_names_plus_auto():
     "flag, value, message",
     [
         ("--batch-size", "0", "--batch-size: expected >= 1, got 0"),
-        ("--map-size", "4", "--map-size: expected >= 8, got 4"),
+        ("--map-size", "4", "--map-size: expected 0 (model input size) or >= 8, got 4"),
         ("--num-workers", "-1", "--num-workers: expected >= 0, got -1"),
         ("--cpu-threads", "-2", "--cpu-threads: expected >= 0, got -2"),
     ],
