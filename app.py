@@ -40,6 +40,7 @@ from wmoe import CheckpointError, ConfigError, Detector, WeightsNotFoundError, W
 from wmoe.checkpoint import includes_backbone
 from wmoe.config import DEFAULT_CLASS
 from wmoe.precision import DTYPES
+from wmoe.references import MAX_REFERENCES
 
 log = logging.getLogger("wmoe.app")
 EXAMPLES_JSON = Path(__file__).resolve().parent / "assets" / "examples" / "examples.json"
@@ -290,6 +291,17 @@ def build_app(
         # gradio refuses a name not in the menu; None (or nothing) means the first
         return gr.Dropdown(choices, value=choices[0], label=label, visible=len(names) > 1, elem_id=elem_id)
 
+    def reference_input(elem_id: str):
+        return uploads_only(
+            gr.File(
+                label=f"Reference images (normal), optional, up to {MAX_REFERENCES}",
+                file_count="multiple",
+                file_types=["image"],
+                elem_id=elem_id,
+                height=120,
+            )
+        )
+
     def class_box(elem_id: str):
         box = gr.Textbox(
             value=DEFAULT_CLASS, label="Class name (what the object is)", max_lines=1, elem_id=elem_id
@@ -313,6 +325,7 @@ def build_app(
                     image = image_input("input-image")
                     class_name = class_box("class-name")
                     a_checkpoint = checkpoint_menu("checkpoint")
+                    a_references = reference_input("references")
                     ctds = gr.Checkbox(
                         label=f"CTDS sampling ({CTDS_SAMPLES} prompt samples): uncertainty map",
                         visible=has_ctds,
@@ -394,9 +407,28 @@ def build_app(
                     scale=2,
                     visible=has_ctds,
                 )
+            parts = gr.Gallery(
+                label="Reference parts",
+                format="png",
+                columns=2,
+                height=300,
+                elem_id="reference-parts",
+                object_fit="contain",
+            )
             state = gr.State(None, time_to_live=3600)
-            inputs = [image, class_name, threshold, opacity, scale, ctds, a_checkpoint]
-            outputs = [overlay, score, routing, experts, layers, uncertainty, timings, downloads, state]
+            inputs = [image, class_name, threshold, opacity, scale, ctds, a_checkpoint, a_references]
+            outputs = [
+                overlay,
+                score,
+                routing,
+                experts,
+                layers,
+                uncertainty,
+                timings,
+                downloads,
+                parts,
+                state,
+            ]
             run.click(views.analyze, inputs, outputs, api_name="analyze", **on_model)
             if ex is not None and can_run:  # clicking an example runs it
                 ex.load_input_event.then(views.analyze, inputs, outputs, api_visibility="private", **on_model)
@@ -408,7 +440,7 @@ def build_app(
                 api_name="predict_json",
                 **on_model,
             )
-            redrawn = [overlay, score, experts, layers, uncertainty, downloads]
+            redrawn = [overlay, score, experts, layers, uncertainty, downloads, parts]
             gr.on(
                 [threshold.change, opacity.change, scale.change],
                 views.render,
@@ -430,6 +462,7 @@ def build_app(
                 with gr.Column(scale=1):
                     c_image, c_class = image_input("compare-image"), class_box("compare-class")
                     c_checkpoint = checkpoint_menu("compare-checkpoint", "Ablations of checkpoint")
+                    c_references = reference_input("compare-references")
                     c_threshold, c_opacity = threshold_slider(), opacity_slider()
                     c_scale = scale_radio("Colour scale (shared by all variants)")
                     c_run = gr.Button(
@@ -447,7 +480,7 @@ def build_app(
                     c_table = gr.Markdown(label="Scores", elem_id="compare-scores")
             c_run.click(
                 views.compare,
-                [c_image, c_class, c_threshold, c_opacity, c_scale, c_checkpoint],
+                [c_image, c_class, c_threshold, c_opacity, c_scale, c_checkpoint, c_references],
                 [c_gallery, c_table],
                 api_name="compare",
                 **on_model,

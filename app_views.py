@@ -32,6 +32,7 @@ from wmoe import Detector, ImageError, Prediction
 from wmoe.checkpoint import includes_backbone
 from wmoe.precision import dtype_name
 from wmoe.preprocess import load_image
+from wmoe.references import MAX_REFERENCES
 from wmoe.render import class_routing_chart, colorize, map_to_png16, overlay, routing_chart, routing_strip
 from wmoe.routing import routing_by_class
 
@@ -83,25 +84,49 @@ def run_model(
     class_name: str,
     skip=frozenset(),
     ctds_samples: int = 0,
-    variants: list[tuple[str, Detector, frozenset]] = (),
+    variants: list[tuple] = (),
+    references: list[Image.Image] | None = None,
 ) -> list[Prediction]:
-    """The only place the model runs: one prediction per image or, given `variants` (Compare), one per
-    (name, detector, skip) variant of the single image, all from one backbone pass of `detector`."""
-    keyed = tuple((name, id(d), frozenset(s)) for name, d, s in variants)
-    return _predict(id(detector), images, class_name, skip, ctds_samples, keyed)
+    """The only place the model runs: one prediction per image (with `references`, normal images, if
+    given) or, given `variants` (Compare), one per (name, detector, skip[, references]) variant of the
+    single image, all from one backbone pass of `detector`."""
+    keyed = tuple((v[0], id(v[1]), frozenset(v[2]), *v[3:]) for v in variants)
+    return _predict(id(detector), images, class_name, skip, ctds_samples, keyed, references)
 
 
 @gpu
 def _predict(
-    key: int, images: list, class_name: str, skip: frozenset, ctds_samples: int, variants: tuple
+    key: int,
+    images: list,
+    class_name: str,
+    skip: frozenset,
+    ctds_samples: int,
+    variants: tuple,
+    references: list | None = None,
 ) -> list[Prediction]:
     """A ZeroGPU task on Spaces: its arguments travel pickled to a forked worker, so models go by key."""
     detector = LOADED[key]
     if variants:
         [image] = images
-        compared = detector.compare(image, class_name, [(name, LOADED[k], s) for name, k, s in variants])
+        compared = detector.compare(image, class_name, [(v[0], LOADED[v[1]], *v[2:]) for v in variants])
         return [p for _, p in compared]
-    return detector.predict_batch(images, class_name, skip=skip, ctds_samples=ctds_samples)
+    return detector.predict_batch(
+        images, class_name, skip=skip, ctds_samples=ctds_samples, references=references
+    )
+
+
+def reference_images(paths) -> list[Image.Image] | None:
+    """The uploaded normal reference images, decoded; an error names the reference (by number and file)."""
+    paths = [p for p in (paths or []) if p]
+    if len(paths) > MAX_REFERENCES:
+        raise user_error(f"{len(paths)} reference images: at most {MAX_REFERENCES} are taken.")
+    images = []
+    for i, path in enumerate(paths, 1):
+        try:
+            images.append(read_upload(path))
+        except ImageError as e:
+            raise ImageError(f"reference {i}: {e}") from None
+    return images or None
 
 
 # ----------------------------------------------------------------------------- words and errors
@@ -425,6 +450,7 @@ class Views:
         scale: str,
         sample_ctds: bool,
         checkpoint: str = "",
+        references: list[str] | None = None,
     ):
         """Find where an object in a photo is abnormal: heatmap overlay, score, SA-MoE routing, maps.
 
@@ -436,6 +462,7 @@ class Views:
             scale (str): "fixed" (0..1, comparable across images) or "stretch" (this image's min..max).
             sample_ctds (bool): also sample 8 CTDS prompts and return the map's standard deviation.
             checkpoint (str): which loaded checkpoint runs, by name (folder name or Hub repo id); "" = the first.
+            references (list[str]): optional normal images of the same part (up to 4): adds a reference map.
 
         Returns:
             overlay: the heatmap over the image, at the image's own size
@@ -446,13 +473,16 @@ class Views:
             uncertainty: the map's standard deviation over CTDS samples (none unless asked for)
             timings: Markdown, seconds per stage
             downloads: the map as a 16-bit PNG and as .npy, and the result as JSON
+            reference parts: with references, the zero-shot map and the reference map apart
         """
         valid("the class name", class_name, str)
         valid("CTDS sampling", sample_ctds, (False, True))
         settings(threshold, opacity, scale)
         detector, model = self.primary(checkpoint)
         image = self.image(image_path)
-        pred = run_model(detector, [image], class_name, ctds_samples=CTDS_SAMPLES if sample_ctds else 0)[0]
+        refs = reference_images(references)
+        samples = CTDS_SAMPLES if sample_ctds else 0
+        pred = run_model(detector, [image], class_name, ctds_samples=samples, references=refs)[0]
         if sample_ctds and pred.uncertainty_map is None:
             pred.notes.append("this model has no CTDS module, so there is no uncertainty map")
         small = thumbnail(image)
@@ -461,6 +491,8 @@ class Views:
             layer_maps=shrink(pred.layer_maps, small.size),
             expert_maps=shrink(pred.expert_maps, small.size),
             uncertainty_map=shrink(pred.uncertainty_map, small.size),
+            zero_shot_map=shrink(pred.zero_shot_map, small.size) if pred.references else None,
+            reference_map=shrink(pred.reference_map, small.size),
         )
         result = Result(image, small, pred, safe_stem(image_path), model, detector.config.layers)
         chart = None
@@ -475,8 +507,10 @@ class Views:
             + ", ".join(f"{k} {v * 1000:.1f} ms" for k, v in pred.timings.items())
             + f"; **total {sum(pred.timings.values()) * 1000:.1f} ms**"
         )
-        shown, score, experts, layers, uncertainty, files = self.render(result, threshold, opacity, scale)
-        return shown, score, chart, experts, layers, uncertainty, timings, files, result
+        shown, score, experts, layers, uncertainty, files, parts = self.render(
+            result, threshold, opacity, scale
+        )
+        return shown, score, chart, experts, layers, uncertainty, timings, files, parts, result
 
     @user_errors
     def predict_json(self, image_path: str, class_name: str, threshold: float, checkpoint: str = "") -> dict:
@@ -505,7 +539,7 @@ class Views:
         internal event of the page, not a public endpoint)."""
         settings(threshold, opacity, scale)
         if result is None:  # settings moved before the first run: nothing to redraw
-            return tuple(gr.skip() for _ in range(6))
+            return tuple(gr.skip() for _ in range(7))
         p, small, stretch = result.pred, result.small, scale == "stretch"
         folder = self.scratch.new()
 
@@ -531,6 +565,23 @@ class Views:
             lines.append(
                 f"Uncertainty over {CTDS_SAMPLES} CTDS samples: largest std {p.uncertainty_map.max():.4f}"
             )
+        parts = []
+        if p.references:
+            lines.append(
+                f"With {p.references} reference image(s): zero-shot score {p.zero_shot_score:.3f}, "
+                f"reference score {p.reference_map.max():.3f} (the reference map's maximum); the score and "
+                "the map shown are the mean of the two parts"
+            )
+            parts = [
+                (
+                    saved(overlay(small, p.zero_shot_map, opacity=opacity, stretch=stretch), "zero_shot"),
+                    f"zero-shot map (score {p.zero_shot_score:.3f})",
+                ),
+                (
+                    saved(overlay(small, p.reference_map, opacity=opacity, stretch=stretch), "reference"),
+                    f"reference map: distance to the nearest reference patch (max {p.reference_map.max():.3f})",
+                ),
+            ]
         lines += [f"Note: {md(n)}" for n in p.notes]
         experts = []
         if p.expert_maps is not None:
@@ -553,7 +604,7 @@ class Views:
             u = p.uncertainty_map if stretch else np.clip(p.uncertainty_map / 0.5, 0, 1)
             uncertainty = saved(Image.fromarray(colorize(u, stretch=stretch)), "uncertainty")
         files = self.downloads(result, threshold, folder)
-        return shown, "\n\n".join(lines), experts, layers, uncertainty, files
+        return shown, "\n\n".join(lines), experts, layers, uncertainty, files, parts
 
     def downloads(self, result: Result, threshold: float, folder: Path) -> list[str]:
         """Raw map (16-bit PNG, .npy; written once) and the result as JSON at this threshold, into folder."""
@@ -576,9 +627,11 @@ class Views:
         opacity: float,
         scale: str,
         checkpoint: str = "",
+        references: list[str] | None = None,
     ):
         """One image through every loaded checkpoint, the ablations of one (without WCMA; without CTDS;
-        uniform routing) and the training-free CLIP baseline, side by side on one colour scale.
+        uniform routing) and the training-free CLIP baseline, side by side on one colour scale; with
+        reference images, each checkpoint and the baseline also with them.
 
         Args:
             image_path (str): the image to analyse (PNG, JPEG, TIFF, BMP, GIF, WebP...).
@@ -587,6 +640,7 @@ class Views:
             opacity (float): 0..1, how strongly the heatmaps cover the image.
             scale (str): "fixed" (0..1) or "stretch" (the joint min..max of all the maps shown).
             checkpoint (str): whose ablations are shown, by name (folder name or Hub repo id); "" = the first.
+            references (list[str]): optional normal images of the same part (up to 4).
 
         Returns:
             variants: one overlay per variant, captioned with its image score
@@ -596,12 +650,12 @@ class Views:
         settings(threshold, opacity, scale)
         _, model = self.primary(checkpoint)
         image = self.image(image_path)
-        variants, missing = self.variants(checkpoint)
+        variants, missing = self.variants(checkpoint, reference_images(references))
         runs = []
         for group in by_backbone(variants):  # one backbone pass per distinct backbone (usually one)
             preds = run_model(group[0][1], [image], class_name, variants=group)
-            runs += [(name, p) for (name, _, _), p in zip(group, preds, strict=True)]
-        order = [name for name, _, _ in variants]
+            runs += [(v[0], p) for v, p in zip(group, preds, strict=True)]
+        order = [v[0] for v in variants]
         runs.sort(key=lambda r: order.index(r[0]))
         maps = [p.anomaly_map for _, p in runs]
         lo, hi = (0.0, 1.0)
@@ -644,9 +698,10 @@ class Views:
         notes += [f"Not shown: {md(s)}." for s in missing]
         return gallery, "\n".join(table) + "\n\n" + "\n\n".join(notes)
 
-    def variants(self, chosen: str | None) -> tuple[list[tuple[str, Detector, frozenset]], list[str]]:
-        """Compare's (name, detector, skip) list: each checkpoint in full, then the chosen one's ablations
-        (those its modules allow), then the baseline; and what could not be shown, in words."""
+    def variants(self, chosen: str | None, references: list | None = None) -> tuple[list[tuple], list[str]]:
+        """Compare's (name, detector, skip[, references]) list: each checkpoint in full, then the chosen
+        one's ablations (those its modules allow), then the baseline, then with references each
+        checkpoint and the baseline again with them; and what could not be shown, in words."""
         variants, missing = [], []
         if not self.detectors:
             missing.append("the WMoE-CLIP variants need a checkpoint")
@@ -666,6 +721,9 @@ class Views:
                 variants.append((label, detector, skip))
         if self.baseline is not None:
             variants.append((BASELINE_NAME, self.baseline, frozenset()))
+        if references:
+            full = [(n, d) for n, d, skip in variants if not skip]
+            variants += [(f"{n} + references", d, frozenset(), references) for n, d in full]
         return variants, missing
 
     # -- Batch

@@ -83,7 +83,10 @@ def analyze(client, path, class_name="brick wall", threshold=0.5, opacity=0.5, s
 
 
 def test_analyze_outputs(client, served, image_file):
-    overlay, score_md, chart, experts, layers, uncertainty, timings, downloads = analyze(client, image_file)
+    overlay, score_md, chart, experts, layers, uncertainty, timings, downloads, parts = analyze(
+        client, image_file
+    )
+    assert parts == []  # no reference images
     assert Image.open(overlay).size == (173, 121)
     files = {Path(f).suffix: f for f in downloads}
     result = json.loads(Path(files[".json"]).read_text())
@@ -109,7 +112,9 @@ def test_display_changes_redraw_without_running_the_model(served, image_file):
     views = app_views.Views(served.detector, None)
     first = views.analyze(str(image_file), "brick wall", 0.5, 0.5, "fixed", False)
     calls = len(served.calls)
-    overlay, score_md, experts, layers, uncertainty, downloads = views.render(first[-1], 0.2, 0.9, "stretch")
+    overlay, score_md, experts, layers, uncertainty, downloads, _ = views.render(
+        first[-1], 0.2, 0.9, "stretch"
+    )
     assert len(served.calls) == calls  # the stored prediction was redrawn; the model did not run
     assert not np.array_equal(np.asarray(Image.open(overlay)), np.asarray(Image.open(first[0])))
     assert "threshold 0.20" in score_md and "stretched per image" in score_md
@@ -240,13 +245,13 @@ def test_gpu_task_gets_plain_arguments(served, image_file, monkeypatch):
     sent, task = [], app_views._predict
     monkeypatch.setattr(app_views, "_predict", lambda *args: sent.append(args) or task(*args))
     app_views.Views(served.detector, None).analyze(str(image_file), "brick wall", 0.5, 0.5, "fixed", True)
-    [(key, images, class_name, skip, samples, variants)] = sent
+    [(key, images, class_name, skip, samples, variants, references)] = sent
     assert app_views.LOADED[key] is served.detector
     assert all(isinstance(im, Image.Image) for im in images) and class_name == "brick wall"
-    assert skip == frozenset() and samples == app_views.CTDS_SAMPLES and variants == ()
+    assert skip == frozenset() and samples == app_views.CTDS_SAMPLES and variants == () and references is None
     sent.clear()
     app_views.Views(served.detector, None).compare(str(image_file), "brick wall", 0.5, 0.5, "fixed")
-    [(key, images, class_name, _, _, variants)] = sent
+    [(key, images, class_name, _, _, variants, _)] = sent
     assert app_views.LOADED[key] is served.detector and len(images) == 1
     assert [(name, app_views.LOADED[k], s) for name, k, s in variants] == [
         (name, served.detector, skip) for name, skip, _, _ in app_views.VARIANTS
@@ -287,7 +292,7 @@ def test_no_checkpoint_offers_the_baseline(image_file):
     try:
         assert "training-free CLIP baseline" in prop(page_config(url), "banner", "value")
         client = Client(url, verbose=False)
-        overlay, score_md, chart, experts, *_, downloads = analyze(client, image_file)
+        overlay, score_md, chart, experts, *_, downloads, _ = analyze(client, image_file)
         result = json.loads(Path(next(f for f in downloads if f.endswith(".json"))).read_text())
         assert result["model"]["name"].startswith("training-free CLIP baseline")
         assert result["expert_weights"] is None
@@ -466,3 +471,56 @@ def test_checkpoints_from_flags_or_the_space_variable(monkeypatch):
     assert app.parse_args([]).checkpoint == ["a", "org/b", "org/c"]
     monkeypatch.delenv("WMOE_CHECKPOINT")
     assert app.parse_args([]).checkpoint == []
+
+
+def test_reference_images_in_analyze_and_compare(client, served, image_file, tmp_path):
+    """Two normal references: Analyze shows the zero-shot and reference maps apart and the combined one;
+    Compare shows each model with and without them; the references are encoded once across requests."""
+    normal = [tmp_path / "good1.png", tmp_path / "good2.png"]
+    for i, path in enumerate(normal):
+        Image.open(EXAMPLE).convert("RGB").rotate(180 * i).resize((150, 110)).save(path)
+    refs = [handle_file(str(p)) for p in normal]
+    calls = len(served.calls)
+    out = client.predict(
+        handle_file(str(image_file)), "brick wall", 0.5, 0.5, "fixed", False, None, refs, api_name="/analyze"
+    )
+    score_md, downloads, parts = out[1], out[7], out[8]
+    passes = [c for c in served.calls[calls:] if c != "heads"]
+    assert passes == [("backbone", 2), ("backbone", 1)]  # the references once, then the image
+    assert [p["caption"].split(" ")[0] for p in parts] == ["zero-shot", "reference"]
+    assert all(Image.open(p["image"]).size == (173, 121) for p in parts)
+    result = json.loads(Path(next(f for f in downloads if f.endswith(".json"))).read_text())
+    direct = served.detector.predict(
+        Image.open(image_file), "brick wall", references=[Image.open(p) for p in normal]
+    )
+    assert result["references"] == 2 and result["score"] == pytest.approx(direct.score, abs=1e-5)
+    assert result["zero_shot_score"] == pytest.approx(direct.zero_shot_score, abs=1e-5)
+    assert result["reference_score"] == pytest.approx(float(direct.reference_map.max()), abs=1e-5)
+    assert "With 2 reference image(s)" in score_md
+    raw = np.load(next(f for f in downloads if f.endswith(".npy")))
+    np.testing.assert_allclose(raw, direct.anomaly_map, atol=1e-5)  # the combined map
+    gallery, table = client.predict(
+        handle_file(str(image_file)), "brick wall", 0.5, 0.5, "fixed", None, refs, api_name="/compare"
+    )
+    names = [g["caption"].split(":")[0] for g in gallery]
+    assert names[-2:] == ["full WMoE-CLIP + references", "training-free CLIP baseline + references"]
+    assert "full WMoE-CLIP" in names and "training-free CLIP baseline" in names
+    calls = len(served.calls)
+    gallery, table = client.predict(
+        handle_file(str(image_file)), "brick wall", 0.5, 0.5, "fixed", None, refs, api_name="/compare"
+    )
+    assert [c for c in served.calls[calls:] if c != "heads"] == [("backbone", 1)]  # cached references
+    with pytest.raises(AppError, match="reference 2: notes.png"):
+        bad = tmp_path / "notes.png"
+        bad.write_text("not a picture")
+        client.predict(
+            handle_file(str(image_file)),
+            "brick wall",
+            0.5,
+            0.5,
+            "fixed",
+            False,
+            None,
+            [refs[0], handle_file(str(bad))],
+            api_name="/analyze",
+        )

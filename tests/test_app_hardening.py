@@ -331,7 +331,16 @@ def test_a_server_path_is_not_accepted_as_an_upload(served, small_image):
     api = served.url.rstrip("/") + "/gradio_api"
 
     def call(path: str) -> str:
-        data = [{"path": path, "meta": {"_type": "gradio.FileData"}}, "part", 0.5, 0.5, "fixed", False, None]
+        data = [
+            {"path": path, "meta": {"_type": "gradio.FileData"}},
+            "part",
+            0.5,
+            0.5,
+            "fixed",
+            False,
+            None,
+            None,
+        ]
         event = httpx.post(f"{api}/call/analyze", json={"data": data}, timeout=30).json()["event_id"]
         return httpx.get(f"{api}/call/analyze/{event}", timeout=60).text
 

@@ -322,8 +322,8 @@ def call(served, endpoint: str, body: str) -> tuple[int, str]:
 def with_file(endpoint: str, value) -> list:
     """The arguments of a public endpoint, with `value` where its file goes."""
     return {
-        "analyze": [value, "part", 0.5, 0.5, "fixed", False, None],
-        "compare": [value, "part", 0.5, 0.5, "fixed", None],
+        "analyze": [value, "part", 0.5, 0.5, "fixed", False, None, None],
+        "compare": [value, "part", 0.5, 0.5, "fixed", None, None],
         "batch": [[value], "part", 0.5, False, None],
         "predict_json": [value, "part", 0.5, None],
     }[endpoint]
