@@ -13,6 +13,7 @@ import huggingface_hub
 import numpy as np
 import pytest
 import torch
+from helpers import randomize_heads
 from hubcache import populate_hub_cache
 from safetensors.torch import load_file, save_file
 
@@ -251,23 +252,42 @@ def test_checkpoint_for_another_backbone(tiny_checkpoint, tmp_path):
         load_model(bad)
 
 
-def test_save_is_atomic(tiny_checkpoint, tmp_path, monkeypatch):
-    """A failure while writing (disk full) leaves the previous checkpoint files intact and loadable."""
+@pytest.mark.parametrize("failing", ["model.safetensors", "config.json", "README.md", "rename"])
+def test_a_failed_save_leaves_the_previous_checkpoint_as_it_was(
+    tiny_checkpoint, tmp_path, monkeypatch, failing
+):
+    """Each write of a save failing in turn (disk full), or the first rename: the previous checkpoint's
+    three files are byte for byte as they were, nothing half-written is left, and it loads and predicts
+    as before (new weights beside the old config would not)."""
     import wmoe.checkpoint as ck
 
     folder = _copy(tiny_checkpoint, tmp_path / "ckpt")
-    before = (folder / "model.safetensors").read_bytes()
-    model, _ = load_model(folder)
+    before = {p.name: p.read_bytes() for p in folder.iterdir()}
+    image = np.random.default_rng(0).random((40, 40, 3)).astype(np.float32)
+    score = Detector.from_pretrained(folder).predict(image, "x").score
+    other = randomize_heads(WMoECLIP(WMoEConfig.tiny(use_ctds=False)), seed=3)  # a different model
 
-    def disk_full(*a, **k):
+    def disk_full(*args, **kwargs):
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(ck, "save_file", disk_full)
+    if failing == "model.safetensors":
+        monkeypatch.setattr(ck, "save_file", disk_full)
+    elif failing == "rename":
+        monkeypatch.setattr(ck.os, "replace", disk_full)
+    else:
+        write_text = Path.write_text
+        monkeypatch.setattr(
+            Path,
+            "write_text",
+            lambda p, *a, **k: disk_full() if failing in p.name else write_text(p, *a, **k),
+        )
     with pytest.raises(OSError, match="No space"):
-        save_pretrained(model, folder)
-    assert (folder / "model.safetensors").read_bytes() == before
-    assert sorted(p.name for p in folder.iterdir()) == ["README.md", "config.json", "model.safetensors"]
-    load_model(folder)
+        save_pretrained(other, folder)
+    monkeypatch.undo()
+    assert {p.name: p.read_bytes() for p in folder.iterdir()} == before
+    assert Detector.from_pretrained(folder).predict(image, "x").score == pytest.approx(score, abs=1e-7)
+    save_pretrained(other, folder)  # and the next save works
+    assert not Detector.from_pretrained(folder).config.use_ctds
 
 
 class RunsCode:

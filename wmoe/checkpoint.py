@@ -10,7 +10,6 @@ import json
 import os
 import re
 from collections.abc import Sequence
-from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -41,7 +40,11 @@ def includes_backbone(config: WMoEConfig) -> bool:
 
 
 def save_pretrained(model: WMoECLIP, directory: str | Path, info: dict | None = None) -> Path:
-    """Write config.json, model.safetensors and README.md into `directory` (created if needed)."""
+    """Write config.json, model.safetensors and README.md into `directory` (created if needed).
+
+    All three are written to temporary files first and renamed into place only once every write has
+    succeeded: a save that fails (a full disk) leaves the previous checkpoint's files as they were.
+    """
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     config = model.config
@@ -54,24 +57,22 @@ def save_pretrained(model: WMoECLIP, directory: str | Path, info: dict | None = 
         **(info or {}),
         "saved": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
-    with _atomic(directory / WEIGHTS_NAME) as tmp:
-        save_file(state, str(tmp), metadata={"format": "pt", "wmoe_format": "1"})
-    with _atomic(directory / CONFIG_NAME) as tmp:
-        tmp.write_text(config.to_json(info))
-    with _atomic(directory / CARD_NAME) as tmp:
-        tmp.write_text(model_card(config, info))
-    return directory
-
-
-@contextmanager
-def _atomic(target: Path):
-    """Write to a temporary sibling, then rename over `target`: a crash never leaves half a file."""
-    tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+    writes = [
+        (WEIGHTS_NAME, lambda tmp: save_file(state, str(tmp), metadata={"format": "pt", "wmoe_format": "1"})),
+        (CONFIG_NAME, lambda tmp: tmp.write_text(config.to_json(info))),
+        (CARD_NAME, lambda tmp: tmp.write_text(model_card(config, info))),
+    ]
+    staged = []
     try:
-        yield tmp
-        os.replace(tmp, target)
+        for name, write in writes:
+            staged.append((directory / f".{name}.{os.getpid()}.tmp", directory / name))
+            write(staged[-1][0])
+        for tmp, target in staged:
+            os.replace(tmp, target)
     finally:
-        tmp.unlink(missing_ok=True)
+        for tmp, _ in staged:
+            tmp.unlink(missing_ok=True)
+    return directory
 
 
 def model_card(config: WMoEConfig, info: dict) -> str:
