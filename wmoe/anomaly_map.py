@@ -11,11 +11,14 @@ import math
 import torch
 import torch.nn.functional as F
 
+from .precision import full_precision
+
 
 def abnormal_logits(tokens: torch.Tensor, text: torch.Tensor, temperature: float) -> torch.Tensor:
     """Unit patch tokens (B, N, D) and unit text (B, K, 2, D) -> logit(abnormal) (B, K, N)."""
-    sims = torch.einsum("bnd,bksd->bksn", tokens.float(), text.float()) / temperature  # (B, K, 2, N)
-    return sims[:, :, 1] - sims[:, :, 0]  # softmax over two classes = sigmoid of the difference
+    with full_precision(tokens.device):
+        sims = torch.einsum("bnd,bksd->bksn", tokens.float(), text.float()) / temperature  # (B, K, 2, N)
+        return sims[:, :, 1] - sims[:, :, 0]  # softmax over two classes = sigmoid of the difference
 
 
 def upsample(maps: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:

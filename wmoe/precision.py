@@ -31,3 +31,12 @@ def resolve_dtype(dtype: str | torch.dtype | None) -> torch.dtype:
 def dtype_name(dtype: torch.dtype) -> str:
     """The vocabulary's name of a torch dtype (for logs, results and the app)."""
     return next(name for name, d in DTYPES.items() if d == dtype)
+
+
+def full_precision(device: torch.device | str):
+    """Autocast switched off for a block: float32 tensors stay float32 through its matmuls and convolutions.
+
+    Under autocast `x.float() @ y.float()` still runs in bf16/fp16; the small heads whose logits are
+    divided by a temperature (0.07) compute inside this, at a negligible cost next to the backbone.
+    """
+    return torch.autocast(torch.device(device).type, enabled=False)

@@ -16,6 +16,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from .precision import full_precision
+
 
 @dataclass
 class MoEOutput:
@@ -69,14 +71,17 @@ class SAMoE(nn.Module):
         z: torch.Tensor | None,
         uniform: bool = False,
     ) -> MoEOutput:
-        """layer_logits (B, L, h, w) anomaly logits per layer; feats (B, N, D) unit patch features."""
+        """layer_logits (B, L, h, w) anomaly logits per layer; feats (B, N, D) unit patch features.
+        In float32 whatever the autocast around it: the context logits feed a softmax and a sigmoid."""
         B, _, h, w = layer_logits.shape
-        ctx = torch.cat([conv(layer_logits) for conv in self.context], dim=1).flatten(2).float()  # (B, E, N)
-        attn_logits = (feats.float() @ self.query.float().t()).transpose(1, 2) / math.sqrt(self.dim)
-        attn = (attn_logits + self.sharpness[None, :, None] * ctx).softmax(dim=-1)  # (B, E, N)
-        logits = self.scale * (attn * ctx).sum(-1) + self.bias  # (B, E)
-        scores = torch.sigmoid(logits)
-        weights = torch.full_like(scores, 1.0 / scores.shape[1]) if uniform else self.route(g, z)
+        with full_precision(layer_logits.device):
+            layer_logits, feats, g = layer_logits.float(), feats.float(), g.float()
+            ctx = torch.cat([conv(layer_logits) for conv in self.context], dim=1).flatten(2)  # (B, E, N)
+            attn_logits = (feats @ self.query.t()).transpose(1, 2) / math.sqrt(self.dim)
+            attn = (attn_logits + self.sharpness[None, :, None] * ctx).softmax(dim=-1)  # (B, E, N)
+            logits = self.scale * (attn * ctx).sum(-1) + self.bias  # (B, E)
+            scores = torch.sigmoid(logits)
+            weights = torch.full_like(scores, 1.0 / scores.shape[1]) if uniform else self.route(g, z)
         return MoEOutput(
             score=(weights * scores).sum(-1),
             weights=weights,

@@ -15,6 +15,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .precision import full_precision
+
 with warnings.catch_warnings():  # pytorch_wavelets imports the deprecated pkg_resources
     warnings.simplefilter("ignore", UserWarning)
     from pytorch_wavelets import DWTForward
@@ -45,13 +47,15 @@ class WCMA(nn.Module):
     def forward(
         self, text: torch.Tensor, taps: list[torch.Tensor], grid: tuple[int, int]
     ) -> list[torch.Tensor]:
-        """Text (B, K, 2, D) and L tapped layers -> L refined text tensors (B, K, 2, D)."""
+        """Text (B, K, 2, D) and L tapped layers -> L refined text tensors (B, K, 2, D), in float32 whatever
+        the autocast around it (the refined text sets the patch-text logits)."""
         B, K = text.shape[:2]
-        q_all = text.flatten(1, 2)  # (B, 2K, D)
         refined = []
-        for layer, tokens in enumerate(taps):
-            f_p = self.norm_freq[layer](self.frequency_features(tokens, grid, layer))
-            q = self.norm_text[layer](q_all)
-            out, _ = self.attn[layer](q, f_p, f_p, need_weights=False)
-            refined.append((q_all + torch.tanh(self.gate[layer]) * out).unflatten(1, (K, 2)))
+        with full_precision(text.device):
+            q_all = text.float().flatten(1, 2)  # (B, 2K, D)
+            for layer, tokens in enumerate(taps):
+                f_p = self.norm_freq[layer](self.frequency_features(tokens.float(), grid, layer))
+                q = self.norm_text[layer](q_all)
+                out, _ = self.attn[layer](q, f_p, f_p, need_weights=False)
+                refined.append((q_all + torch.tanh(self.gate[layer]) * out).unflatten(1, (K, 2)))
         return refined
