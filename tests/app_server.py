@@ -13,10 +13,13 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def serve(detector, baseline, notices=(), **launch_options):
-    """(demo, url), launched exactly as `python app.py` launches it; call demo.close() when done."""
-    demo = app.build_app(detector, baseline, notices)
-    _, url, _ = app.launch(demo, "127.0.0.1", free_port(), block=False, quiet=True, **launch_options)
+def serve(detector, baseline, notices=(), concurrency: int = 1, **launch_options):
+    """(demo, url), launched exactly as `python app.py --concurrency N` launches it; call demo.close() when
+    done."""
+    demo = app.build_app(detector, baseline, notices, concurrency)
+    _, url, _ = app.launch(
+        demo, "127.0.0.1", free_port(), concurrency, block=False, quiet=True, **launch_options
+    )
     return demo, url
 
 
