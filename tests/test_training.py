@@ -522,7 +522,7 @@ def test_evaluate_cli_matches_the_training_evaluation(straight, data, tmp_path, 
 
 # ---------------------------------------------------------------------------------------------- DDP
 def torchrun(*args: str, timeout: int = 240) -> subprocess.CompletedProcess:
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT)}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", *args]
     return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
 
@@ -530,10 +530,13 @@ def torchrun(*args: str, timeout: int = 240) -> subprocess.CompletedProcess:
 def test_two_process_ddp_training_and_gathered_evaluation(straight, data, tmp_path):
     config = write_recipe(tmp_path / "recipe.yaml", recipe(data, epochs=1, every_steps=0))
     out = tmp_path / "ddp"
-    done = torchrun("-m", "training.train", "--config", str(config), "--output", str(out), "--no-progress")
+    done = torchrun(
+        str(ROOT / "tests" / "ddp_ranks.py"), "--config", str(config), "--output", str(out), "--no-progress"
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["images"] == 16 and metrics["steps"] == 3  # 24 images / 2 processes / batch 4
+    ranks_end_equal(out)
     assert json.loads((out / "environment.json").read_text())["processes"] == 2
     _, meta, _ = state_mod.load_latest(out / "checkpoints")
     assert meta["world_size"] == 2
@@ -568,6 +571,42 @@ def test_two_process_ddp_training_and_gathered_evaluation(straight, data, tmp_pa
             assert two["per_class"][cls][k] == pytest.approx(one["per_class"][cls][k], abs=1e-6)
 
 
+def ranks_end_equal(out: Path):
+    """Both processes end with exactly the heads of the saved checkpoint, and training moved them."""
+    first, second = (load_file(str(out / f"rank{r}.safetensors")) for r in (0, 1))
+    saved, initial = heads(out), WMoECLIP(load_config_model(out)).head_parameters()
+    assert set(first) == set(second) == set(saved)
+    for name in first:
+        assert torch.equal(first[name], second[name]), name
+        assert torch.equal(first[name], saved[name]), name
+    assert any(not torch.equal(first[n], initial[n].detach()) for n in first)
+
+
+def load_config_model(out: Path):
+    return Detector.from_pretrained(out).config
+
+
+def test_ddp_without_sa_moe_and_batches_without_masks_trains(tmp_path):
+    """`use_moe: false` and only good images (no pixel masks): the image score then comes from the CLS
+    branch alone, and the patch-side heads (WCMA, projection) would get no gradient, which DDP refuses; the
+    loss keeps the maps in every step at zero weight. Two processes train to the end and agree on every
+    weight."""
+    good = tmp_path / "good"
+    generate(good, TRAIN_CATS, n_train_good=0, n_test_good=8, n_test_defect_per_type=0, size=48, seed=1)
+    prepare("mvtec", good)
+    body = recipe({"train": good, "heldout": good}, epochs=1, every_steps=0)
+    body["model"]["use_moe"] = False
+    body["eval"] = {"datasets": []}  # good images only: nothing to evaluate
+    config = write_recipe(tmp_path / "recipe.yaml", body)
+    out = tmp_path / "ddp"
+    done = torchrun(
+        str(ROOT / "tests" / "ddp_ranks.py"), "--config", str(config), "--output", str(out), "--no-progress"
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert not Detector.from_pretrained(out).config.use_moe
+    ranks_end_equal(out)
+
+
 # ---------------------------------------------------------------------------------------------- own folders
 def write_own_folder(
     root: Path, name: str, kind: str, seed: int, n_good: int = 8, n_bad: int = 4, size: int = 96
@@ -596,7 +635,7 @@ def test_trained_folder_beats_chance_on_own_folder_data(tmp_path):
     body["synthetic"][0].update(categories=16, n_test_good=6, n_test_defect_per_type=2, size=64)
     body["synthetic"][1].update(categories=["grille:grid"], n_test_good=4, n_test_defect_per_type=1, size=64)
     body["optim"]["epochs"] = 3
-    body["eval"]["untrained"] = False
+    body["eval"] = {"datasets": []}  # good images only: nothing to evaluate
     config = write_recipe(tmp_path / "recipe.yaml", body)
     out = tmp_path / "run"
     train(config, out)

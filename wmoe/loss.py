@@ -68,7 +68,10 @@ def wmoe_loss(
         score = out.image_score.float().clamp(EPS, 1 - EPS)
         image = F.binary_cross_entropy(score, labels.float())
         zero = torch.zeros((), device=device)
-        focal, dice = zero, zero
+        # the maps enter every step, at zero weight when no image has a mask: every head then takes part in
+        # every step (without SA-MoE the image term alone would leave WCMA and the patch projection out, and
+        # DistributedDataParallel would wait for their gradients)
+        focal = dice = 0.0 * out.layer_maps.float().sum()
         if bool(has_mask.any()):
             maps = out.layer_maps[has_mask].float()  # (M, L, H, W) abnormal probability per layer
             target = masks[has_mask].bool()
