@@ -158,3 +158,43 @@ def test_training_free_baseline_shares_the_backbone(detector, image):
     p = base.predict(image, "bottle")
     assert p.expert_weights is None and p.score == p.cls_score
     assert base.info["training_free"] and not base.trained
+
+
+PREDICT_MEMORY = """
+import sys
+from pathlib import Path
+import numpy as np
+from wmoe import Detector, WMoECLIP, WMoEConfig
+from wmoe.preprocess import MAX_PIXELS
+
+def peak() -> int:
+    status = Path("/proc/self/status").read_text().splitlines()
+    return int(next(x for x in status if x.startswith("VmHWM")).split()[1]) * 1024
+
+detector = Detector(WMoECLIP(WMoEConfig.tiny()))
+detector.predict(np.zeros((64, 64, 3), np.uint8), "x")
+side = int(MAX_PIXELS**0.5)
+image = np.random.default_rng(0).integers(0, 255, (side, side, 3), dtype=np.uint8)
+Path("/proc/self/clear_refs").write_text("5")  # restart the peak count here
+start = peak()
+detector.predict(image, "x")
+print(side, (peak() - start) / side**2)
+"""
+PREDICT_BYTES_PER_PIXEL = 40  # README, Performance: memory of one prediction beyond the loaded model
+
+
+@pytest.mark.slow
+def test_a_prediction_at_the_largest_accepted_input_stays_within_its_stated_memory():
+    """One predict on a square input at the 40 MP limit (6324 px), in a fresh process: the peak resident
+    memory it adds to the loaded model (the maps are returned at the image's own size) stays under
+    README's figure per input pixel."""
+    if not Path("/proc/self/clear_refs").exists():
+        pytest.skip("needs Linux /proc to reset the peak resident memory")
+    env = {**os.environ, "OMP_NUM_THREADS": "2"}
+    done = subprocess.run(
+        [sys.executable, "-c", PREDICT_MEMORY], cwd=REPO, env=env, capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    side, per_pixel = done.stdout.split()
+    print(f"{side} px square: {float(per_pixel):.1f} bytes per input pixel beyond the loaded model")
+    assert float(per_pixel) < PREDICT_BYTES_PER_PIXEL

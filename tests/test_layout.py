@@ -30,6 +30,7 @@ def test_no_code_patches_sys_path():
         "training.prepare_data",
         "training.synthetic",
         "benchmarks.latency",
+        "benchmarks.precision",
         "benchmarks.throughput",
         "benchmarks.memory",
         "benchmarks.app_request",
