@@ -448,6 +448,28 @@ def test_only_this_servers_own_file_urls_are_taken_and_read_locally(served, clie
     still_serves(client, small_image)
 
 
+@pytest.mark.parametrize("endpoint", ["analyze", "compare"])
+def test_server_paths_and_urls_as_reference_images_are_refused(
+    served, client, small_image, private_image, trap, endpoint
+):
+    """The optional reference images are file inputs too: a server path or a URL among them is refused,
+    nothing is read, echoed or fetched, while the main image is a real upload."""
+    api = served.url.rstrip("/") + "/gradio_api"
+    with open(small_image, "rb") as f:
+        [uploaded] = httpx.post(f"{api}/upload", files={"files": f}).json()
+    main = {"path": uploaded, "meta": {"_type": "gradio.FileData"}}
+    targets = {**secrets(served), str(private_image): b"\x89PNG", trap.urls[0]: b"\x89PNG"}
+    for path, start in targets.items():
+        for value in file_values(path)[:-1]:  # the bare string is no file list entry
+            args = with_file(endpoint, main)
+            args[-1] = [value]
+            status, stream = call(served, endpoint, json.dumps({"data": args}))
+            assert refused(status, stream), (value, stream[:300])
+            assert path not in stream and start.decode("latin-1")[:20] not in stream, stream[:300]
+    assert trap.hits == []
+    still_serves(client, small_image)
+
+
 # ----------------------------------------------------------------------------- 6. another site's pages
 
 
