@@ -569,7 +569,7 @@ class Views:
         if p.references:
             lines.append(
                 f"With {p.references} reference image(s): zero-shot score {p.zero_shot_score:.3f}, "
-                f"reference score {p.reference_map.max():.3f} (the reference map's maximum); the score and "
+                f"reference score {p.reference_score:.3f} (the largest patch distance); the score and "
                 "the map shown are the mean of the two parts"
             )
             parts = [

@@ -38,7 +38,13 @@ def mask(path: Path, empty: bool = False, size: int = 8) -> Path:
 
 def check_meta(meta: dict, root: Path, out: Path) -> None:
     """Schema, relative and existing paths, labels consistent, and the file equals the returned dict."""
-    assert set(meta) == {"train", "test"} and meta["train"] == {}
+    assert set(meta) == {"train", "test"} and set(meta["train"]) <= set(meta["test"])
+    tested = {e["img_path"] for entries in meta["test"].values() for e in entries}
+    for entries in meta["train"].values():  # normal training images only: the few-shot reference pool
+        for e in entries:
+            assert e["anomaly"] == 0 and not e["mask_path"] and (root / e["img_path"]).is_file()
+            assert "/train/good/" in f"/{e['img_path']}" or e["img_path"].startswith("reference/")
+            assert e["img_path"] not in tested
     assert json.loads(out.read_text()) == meta
     for cls, entries in meta["test"].items():
         assert entries, cls
@@ -492,3 +498,19 @@ def test_mvtec_loader_on_real_mvtec_mini(tmp_path):
                     assert im.size == m.size
                     assert np.asarray(m).any()
     assert {e["specie_name"] for e in meta["test"]["hazelnut"]} == {"good", "crack", "cut", "hole", "print"}
+
+
+def test_normal_training_images_are_listed_for_few_shot_references(tmp_path):
+    meta = prepare("mvtec", make_mvtec(tmp_path / "mvtec"))
+    assert {c: [e["img_path"] for e in es] for c, es in meta["train"].items()} == {
+        "bottle": ["bottle/train/good/000.png"],
+        "screw": ["screw/train/good/000.png"],
+    }
+    own = tmp_path / "own"
+    img(own / "good" / "a.png")
+    img(own / "scratch" / "b.png", 200)
+    assert prepare("folder", own)["train"] == {}
+    img(own / "reference" / "r1.png")
+    meta = prepare("folder", own)
+    assert [e["img_path"] for e in meta["train"]["own"]] == ["reference/r1.png"]
+    assert all(not e["img_path"].startswith("reference/") for e in meta["test"]["own"])

@@ -20,6 +20,7 @@ import csv
 import io
 import json
 import math
+import random
 import sys
 import time
 from datetime import datetime, timezone
@@ -31,7 +32,7 @@ from torch.utils.data import DataLoader, Subset
 from tqdm import tqdm
 
 from training.config import Eval, Optim, TrainConfig, TrainConfigError
-from training.data import MetaDataset, collate
+from training.data import MetaDataset, MetaError, collate, resolve_meta
 from training.distributed import (
     DEVICES,
     PRECISIONS,
@@ -46,7 +47,11 @@ from training.feature_cache import STORAGE, FeatureCache, batch_inputs
 from wmoe import load_model
 from wmoe import metrics as M
 from wmoe.errors import EXIT_ERROR, EXIT_OK, WMoEError
+from wmoe.features import BackboneFeatures
 from wmoe.precision import dtype_name
+from wmoe.preprocess import load_image, to_tensor
+from wmoe.references import MAX_REFERENCES, bank, reference_map
+from wmoe.references import combine as with_references
 from wmoe.render import class_routing_chart
 from wmoe.routing import summarize_routing
 
@@ -73,6 +78,7 @@ def evaluate(
     num_workers: int = 0,
     progress: bool = True,
     desc: str | None = None,
+    references: dict[str, list[Path]] | None = None,
 ) -> dict | None:
     """Metrics of `model` on `dataset`, class by class: {"mean", "per_class", "counts", "images", "map_size",
     "routing"}; routing: {class: `RoutingSummary.to_dict()`}, or None for a model without SA-MoE.
@@ -80,6 +86,8 @@ def evaluate(
     Every process must call it; the result is returned on the main process (None on the others).
     Pixel metrics use only images whose masks are known (see training/data.py); a class with a single
     label gives NaN for that metric, and the mean skips NaN (wmoe.metrics.macro_mean).
+    references: {class: normal image files} for the few-shot protocol (`draw_shots`): each image's map and
+    score then combine the zero-shot output with its reference map (`wmoe.references`).
     """
     world = world or World(device=next(model.parameters()).device)
     was_training = model.training
@@ -106,6 +114,7 @@ def evaluate(
                 dtype,
                 num_workers,
                 bar,
+                class_references(model, (references or {}).get(cls), world.device, dtype),
             )
             rows = {k: all_gather_rows(v, world) for k, v in rows.items()}
             if world.main:
@@ -127,8 +136,47 @@ def evaluate(
     }
 
 
+def class_references(model, paths: list[Path] | None, device: torch.device, dtype: torch.dtype):
+    """The reference bank of one class's normal images (one backbone pass over them), or None."""
+    if not paths:
+        return None
+    net = getattr(model, "module", model)
+    bb = net.backbone
+    x = torch.stack([to_tensor(load_image(p), bb.image_size, bb.mean, bb.std) for p in paths]).to(device)
+    with torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32):
+        return bank(net.encode(x, net.config.layers), net.config.layers)
+
+
+def draw_shots(
+    root: str | Path, meta: str | Path, classes: list[str], k: int, seed: int
+) -> dict[str, list[Path]]:
+    """K normal training images per class (the few-shot protocol), drawn with a seed per (seed, class) from
+    the meta file's "train" pool (`python -m training.prepare_data` lists it). Raises MetaError when a
+    class has fewer than K."""
+    path = resolve_meta(root, meta)
+    pool = json.loads(path.read_text()).get("train") or {}
+    shots = {}
+    for cls in classes:
+        normals = [e["img_path"] for e in pool.get(cls, []) if not e.get("anomaly")]
+        if len(normals) < k:
+            raise MetaError(
+                f'{path}: class {cls!r} has {len(normals)} normal training images listed under "train"; '
+                f"--shots {k} needs {k} (MVTec layout: <class>/train/good/; own folder: reference/)"
+            )
+        shots[cls] = [Path(root) / p for p in random.Random(f"{seed}:{cls}").sample(normals, k)]
+    return shots
+
+
 def _predict(
-    model, subset: Subset, world: World, size: int, batch_size: int, dtype: torch.dtype, num_workers: int, bar
+    model,
+    subset: Subset,
+    world: World,
+    size: int,
+    batch_size: int,
+    dtype: torch.dtype,
+    num_workers: int,
+    bar,
+    refs=None,
 ) -> dict[str, torch.Tensor]:
     """This process's share of one class: index, label, score of every image; map and mask of the images whose
     masks are known (the others need no pixels kept)."""
@@ -157,7 +205,21 @@ def _predict(
             batch, model, subset.dataset.features, device, dtype
         )  # images, or their features
         with torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32):
-            pred = model(inputs, list(batch["class_name"]))
+            if refs is None:
+                pred = model(inputs, list(batch["class_name"]))
+            else:  # few-shot: the same features serve the heads and the reference map
+                net = getattr(model, "module", model)
+                features = inputs if isinstance(inputs, BackboneFeatures) else net.encode(inputs)
+                pred = model(features, list(batch["class_name"]))
+                grid = reference_map(features, refs, net.config.layers).float()
+                hw = tuple(pred.anomaly_map.shape[-2:])
+                ref = F.interpolate(grid[:, None], size=hw, mode="bilinear", align_corners=False)[:, 0]
+                pred.anomaly_map, pred.image_score = with_references(
+                    pred.anomaly_map.float(),
+                    ref.clamp(0, 1),
+                    pred.image_score.float(),
+                    grid.flatten(1).amax(1),
+                )
         known = batch["has_mask"].bool()
         out["index"].append(batch["index"].long())
         out["label"].append(batch["label"].long())
@@ -367,6 +429,13 @@ def main(argv: list[str] | None = None) -> int:
         "--cpu-threads", type=int, default=0, help="torch CPU threads (default: PyTorch's, one per core)"
     )
     ap.add_argument("--no-progress", action="store_true")
+    ap.add_argument(
+        "--shots",
+        type=int,
+        default=0,
+        help="few-shot protocol: K normal training images per class as references (default 0: zero-shot)",
+    )
+    ap.add_argument("--shot-seed", type=int, default=0, help="seed of the reference draw (default 0)")
     ap.add_argument("--feature-cache", metavar="DIR", default=None, help="cache the backbone features here")
     ap.add_argument(
         "--feature-cache-dtype",
@@ -375,6 +444,8 @@ def main(argv: list[str] | None = None) -> int:
         help="entry precision (default fp32)",
     )
     args = ap.parse_args(argv)
+    if not 0 <= args.shots <= MAX_REFERENCES:
+        ap.error(f"--shots must be 0..{MAX_REFERENCES}")
     try:  # the rules of the recipe's fields of the same names (training/config.py)
         Eval(batch_size=args.batch_size, map_size=args.map_size)
         Optim(num_workers=args.num_workers)
@@ -407,6 +478,9 @@ def main(argv: list[str] | None = None) -> int:
         )
         if world.main and not info.get("trained"):
             print(f"note: {args.checkpoint} is marked UNTRAINED in its config.json", file=sys.stderr)
+        shots = None
+        if args.shots:
+            shots = draw_shots(args.data, args.meta, dataset.classes, args.shots, args.shot_seed)
         start = time.perf_counter()
         result = evaluate(
             model,
@@ -416,6 +490,7 @@ def main(argv: list[str] | None = None) -> int:
             dtype=dtype,
             num_workers=args.num_workers,
             progress=not args.no_progress,
+            references=shots,
         )
         if world.main:
             extra = {
@@ -429,8 +504,14 @@ def main(argv: list[str] | None = None) -> int:
                 "processes": world.size,
                 "seconds": round(time.perf_counter() - start, 2),
                 "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                "shots": args.shots,
+                "shot_seed": args.shot_seed if args.shots else None,
+                "references": {
+                    c: [str(Path(p).relative_to(args.data)) for p in v] for c, v in (shots or {}).items()
+                },
             }
-            write_results(result, args.out, extra, title=f"{args.checkpoint} on {args.data}")
+            protocol = f", {args.shots}-shot (seed {args.shot_seed})" if args.shots else ", zero-shot"
+            write_results(result, args.out, extra, title=f"{args.checkpoint} on {args.data}{protocol}")
             print(markdown_table(result), end="")
             print(f"wrote {Path(args.out) / 'results.md'}, results.csv, metrics.json")
     except WMoEError as e:

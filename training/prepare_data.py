@@ -2,12 +2,13 @@
 
 Schema (APRIL-GAN / AnomalyCLIP / AdaCLIP):
 
-    {"train": {}, "test": {cls: [{"img_path", "mask_path", "cls_name", "specie_name", "anomaly"}]}}
+    {"train": {cls: [...]}, "test": {cls: [{"img_path", "mask_path", "cls_name", "specie_name", "anomaly"}]}}
 
 `img_path` / `mask_path` are relative to the dataset root (POSIX separators); `mask_path` is ""
 when the image has no mask (every normal image, and datasets with image labels only); `anomaly` is 0/1.
-Only the test split is listed: the protocol trains on the *test* split of one dataset and evaluates
-zero-shot on the others (see training/README.md).
+The protocol trains on the *test* split of one dataset and evaluates zero-shot on the others (see
+training/README.md); "train" lists only normal training images (MVTec-like `train/good/`, an own
+folder's `reference/`), the pool the few-shot protocol draws its reference images from.
 
 One small loader per dataset, registered in `LOADERS`; each loader's docstring gives the layout it
 expects. `folder` is for a user's own data. Usage:
@@ -219,7 +220,7 @@ def _mvtec_like(
 def load_mvtec(root: Path, class_name: str | None = None) -> dict[str, Entries]:
     """MVTec AD, MPDD and DTD-Synthetic (same layout):
 
-        <root>/<class>/train/good/*.png                       (not listed)
+        <root>/<class>/train/good/*.png                       normal training images ("train": few-shot pool)
         <root>/<class>/test/good/*.png                        normal
         <root>/<class>/test/<defect>/000.png                  anomalous
         <root>/<class>/ground_truth/<defect>/000_mask.png     its mask (a mask named 000.png is accepted too)
@@ -579,6 +580,7 @@ def load_folder(root: Path, class_name: str | None = None) -> dict[str, Entries]
         <root>/good/*.png                               normal
         <root>/<defect>/*.png                           anomalous, one folder per defect type
         <root>/ground_truth/<defect>/<stem>_mask.png    optional masks (<stem>.png accepted too)
+        <root>/reference/*.png                          optional normal images, not tested ("train": few-shot pool)
 
     Masks are optional: an anomalous image without one gets `mask_path` "" (image-level label only).
     """
@@ -588,7 +590,7 @@ def load_folder(root: Path, class_name: str | None = None) -> dict[str, Entries]
     if not entries:
         raise DatasetLayoutError(f"{good}: no images ({', '.join(sorted(IMAGE_EXTS))})")
     for d in _subdirs(root):
-        if d.name in ("good", "ground_truth"):
+        if d.name in ("good", "ground_truth", "reference"):  # reference/: normal few-shot pool, not tested
             continue
         gt = root / "ground_truth" / d.name
         masks = _mask_index(gt, ("_mask", "")) if gt.is_dir() else {}
@@ -616,12 +618,32 @@ def _validate(root: Path, test: dict[str, Entries]) -> None:
                 raise AssertionError(f"normal image with a mask: {e}")
 
 
+def _normal_references(root: Path, test: dict[str, Entries]) -> dict[str, Entries]:
+    """Each class's normal images outside its test split, the pool of few-shot reference images
+    (`python -m training.evaluate --shots K`): `<class>/train/good/` in the MVTec layout (the folder holding
+    a class's `test/`), or a `reference/` folder beside an own folder's `good/`. Classes without one are
+    left out."""
+    out: dict[str, Entries] = {}
+    for cls, entries in test.items():
+        parts = Path(entries[0]["img_path"]).parts
+        candidates = [root / "reference"]
+        if "test" in parts:
+            candidates.insert(0, root.joinpath(*parts[: parts.index("test")], "train", "good"))
+        folder = next((c for c in candidates if c.is_dir()), None)
+        if folder is not None:
+            normals = [_entry(root, p, cls, "good", False) for p in _images(folder)]
+            if normals:
+                out[cls] = normals
+    return out
+
+
 def prepare(
     dataset: str, root: str | Path, out: str | Path | None = None, class_name: str | None = None
 ) -> dict:
     """Build the meta dict for `dataset` (a key of `LOADERS`) under `root` and write it.
 
-    Written to `out` (default `<root>/meta.json`); returns `{"train": {}, "test": {cls: [...]}}`.
+    Written to `out` (default `<root>/meta.json`); returns `{"train": {cls: [...]}, "test": {cls: [...]}}`,
+    "train" listing each class's normal training images where the dataset has them (`_normal_references`).
     `class_name` renames the class of a single-class dataset (an error for multi-class ones).
     Raises `DatasetLayoutError` (a `ValueError`) on a missing or malformed layout.
     """
@@ -633,7 +655,7 @@ def prepare(
         raise DatasetLayoutError(f"{root}: dataset root not found (expected a folder)")
     test = LOADERS[key](root, class_name or None)
     _validate(root, test)
-    meta = {"train": {}, "test": test}
+    meta = {"train": _normal_references(root, test), "test": test}
     out_path = Path(out) if out is not None else root / "meta.json"
     out_path.parent.mkdir(parents=True, exist_ok=True)
     out_path.write_text(json.dumps(meta, indent=4) + "\n")

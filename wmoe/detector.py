@@ -20,7 +20,7 @@ from .model import WMoECLIP
 from .precision import dtype_name, resolve_dtype
 from .preprocess import ImageInput, load_image, to_tensor
 from .references import CACHE as REFERENCES
-from .references import ReferenceFeatures, combine, content_key, load_references, reference_map
+from .references import ReferenceFeatures, bank, combine, content_key, load_references, reference_map
 
 
 @dataclass
@@ -43,6 +43,7 @@ class Prediction:
     zero_shot_map: np.ndarray | None = None  # (H, W) the map without references (anomaly_map itself without)
     zero_shot_score: float | None = None
     reference_map: np.ndarray | None = None  # (H, W) in [0, 1]: distance to the nearest reference patch
+    reference_score: float | None = None  # the largest patch distance (reference map's max on the grid)
     references: int = 0  # how many reference images were used
 
     def to_dict(self) -> dict:
@@ -58,9 +59,7 @@ class Prediction:
             "image_size": list(self.anomaly_map.shape),
             "references": self.references,
             "zero_shot_score": None if self.zero_shot_score is None else round(self.zero_shot_score, 6),
-            "reference_score": None
-            if self.reference_map is None
-            else round(float(self.reference_map.max()), 6),
+            "reference_score": None if self.reference_score is None else round(self.reference_score, 6),
             "timings": {k: round(v, 4) for k, v in self.timings.items()},
             "notes": self.notes,
         }
@@ -200,12 +199,7 @@ class Detector:
         key = (layers, str(self.device), self.dtype, content_key(images))
 
         def compute() -> ReferenceFeatures:
-            encoded = self.encode(images, layers=layers)
-            patches = {
-                k: F.normalize(t.float(), dim=-1).reshape(-1, t.shape[-1])
-                for k, t in zip(layers, encoded.features.taps(layers), strict=True)
-            }
-            return ReferenceFeatures(patches, len(images))
+            return bank(self.encode(images, layers=layers).features, layers)
 
         return REFERENCES.get(self.model.backbone, key, compute)
 
@@ -350,8 +344,9 @@ class Detector:
         pred.zero_shot_map, pred.zero_shot_score = pred.anomaly_map, pred.score
         if ref is not None:
             pred.reference_map, pred.references = clip01(resize(ref[0][None])[0]), ref[1]
+            pred.reference_score = float(ref[0].max())
             pred.anomaly_map, pred.score = combine(
-                pred.zero_shot_map, pred.reference_map, pred.zero_shot_score
+                pred.zero_shot_map, pred.reference_map, pred.zero_shot_score, pred.reference_score
             )
         return pred
 

@@ -8,7 +8,8 @@ it is 0 where the references hold an identical patch and at most 1; the referenc
 over the layers, on the patch grid, then resized (bilinear) to the image's size.
 
 Combined with the zero-shot output: `anomaly_map = (zero_shot_map + reference_map) / 2` and
-`score = (zero_shot_score + max(reference_map)) / 2` (`combine`).
+`score = (zero_shot_score + reference_score) / 2`, the reference score being the largest patch distance
+(the reference map's maximum on the patch grid) (`combine`).
 
 The references' features are computed once per reference set (their decoded pixels, the backbone,
 layers, device and precision) and kept in a small cache (`ReferenceCache`, `MAX_CACHED_SETS` sets),
@@ -79,6 +80,15 @@ def content_key(images: Sequence[Image.Image]) -> str:
     return digest.hexdigest()
 
 
+def bank(features: BackboneFeatures, layers: Sequence[int]) -> ReferenceFeatures:
+    """The references' backbone features as the bank `reference_map` compares against."""
+    patches = {
+        k: F.normalize(t.float(), dim=-1).reshape(-1, t.shape[-1])
+        for k, t in zip(layers, features.taps(layers), strict=True)
+    }
+    return ReferenceFeatures(patches, len(features))
+
+
 def reference_map(features: BackboneFeatures, refs: ReferenceFeatures, layers: Sequence[int]) -> torch.Tensor:
     """(B, h, w) distance of each image patch to its nearest reference patch, mean over `layers`, in [0, 1]."""
     B, (h, w) = len(features), features.grid
@@ -93,12 +103,11 @@ def reference_map(features: BackboneFeatures, refs: ReferenceFeatures, layers: S
     return (total / len(layers)).unflatten(-1, (h, w))
 
 
-def combine(
-    zero_shot_map: np.ndarray, ref_map: np.ndarray, zero_shot_score: float
-) -> tuple[np.ndarray, float]:
+def combine(zero_shot_map, ref_map, zero_shot_score, reference_score):
     """(anomaly map, score) of the zero-shot and reference parts: the mean of the two maps, and the mean
-    of the zero-shot score and the reference map's maximum."""
-    return (zero_shot_map + ref_map) / 2, (zero_shot_score + float(ref_map.max())) / 2
+    of the zero-shot score and the reference score (the largest patch distance, `reference_map`'s maximum
+    on the patch grid, which no resizing changes). Maps (..., H, W), scores (...): numpy or torch."""
+    return (zero_shot_map + ref_map) / 2, (zero_shot_score + reference_score) / 2
 
 
 class ReferenceCache:
