@@ -103,3 +103,103 @@ def save_small(source: Path, target: Path):
     if target.stat().st_size >= MAX_SCREENSHOT_BYTES:
         small = Image.open(source).convert("RGB").quantize(colors=256, method=Image.Quantize.MEDIANCUT)
         small.save(target, optimize=True)
+
+
+@pytest.fixture(scope="module")
+def two_url(tmp_path_factory):
+    """Two tiny untrained checkpoints on one backbone (alpha, beta), as `app.py --checkpoint A --checkpoint B`."""
+    from helpers import randomize_heads
+
+    from wmoe import WMoECLIP, WMoEConfig, save_pretrained
+
+    root = tmp_path_factory.mktemp("two-browser")
+    for name, seed in [("alpha", 1), ("beta", 2)]:
+        save_pretrained(randomize_heads(WMoECLIP(WMoEConfig.tiny()), seed=seed), root / name)
+    demo, url = serve(*app.load_models([str(root / "alpha"), str(root / "beta")]))
+    yield url
+    demo.close()
+
+
+def shoot(page, locator, tmp_path, target: Path):
+    """A screenshot of part of the page for the README (palette-quantised when large)."""
+    raw = tmp_path / target.name
+    locator.screenshot(path=str(raw))
+    save_small(raw, target)
+    assert target.stat().st_size < MAX_SCREENSHOT_BYTES
+
+
+def test_references_checkpoints_and_batch_routing_in_chromium(two_url, tmp_path):
+    """The new inputs of the demo: reference images, the checkpoint menu, the batch routing strips."""
+    import zipfile
+
+    expect = playwright.expect
+    normal = []
+    for i in range(2):
+        normal.append(tmp_path / f"normal{i}.png")
+        Image.open(REPO / "assets" / "examples" / "brick_good.png").convert("RGB").rotate(180 * i).save(
+            normal[-1]
+        )
+    archive = tmp_path / "parts.zip"
+    with zipfile.ZipFile(archive, "w") as z:
+        for i, folder in enumerate(["brick", "brick", "grass"]):
+            source = "brick_crack.png" if folder == "brick" else "grass_stain.png"
+            z.write(REPO / "assets" / "examples" / source, f"{folder}/{i}.png")
+    with playwright.sync_playwright() as p:
+        browser = p.chromium.launch_persistent_context(
+            user_data_dir=str(tmp_path / "profile"),
+            executable_path=str(CHROMIUM),
+            headless=True,
+            args=FLAGS,
+            viewport={"width": 1280, "height": 900},
+        )
+        try:
+            page = browser.new_page()
+            page.goto(two_url)
+            page.locator("#checkpoint input").first.click()  # the checkpoint menu: pick beta
+            page.get_by_role("option", name="beta").click()
+            page.locator("#input-image input[type=file]").set_input_files(str(EXAMPLE))
+            expect(page.locator("#input-image img")).to_be_visible(timeout=15_000)
+            page.locator("#references input[type=file]").set_input_files([str(f) for f in normal])
+            expect(page.locator("#references")).to_contain_text("normal1", timeout=15_000)
+            page.locator("#class-name input, #class-name textarea").first.fill("brick wall")
+            page.locator("#run").click()
+            expect(page.locator("#score")).to_contain_text("With 2 reference image(s)", timeout=60_000)
+            expect(page.locator("#score")).to_contain_text("beta")
+            expect(page.locator("#reference-parts img")).to_have_count(2, timeout=30_000)
+            page.wait_for_function("() => [...document.querySelectorAll('img')].every(i => i.complete)")
+            shoot(
+                page,
+                page.locator("#reference-parts"),
+                tmp_path,
+                REPO / "assets" / "screenshot_references.png",
+            )
+
+            page.get_by_role("tab", name="Compare").click()
+            page.locator("#compare-image input[type=file]").set_input_files(str(EXAMPLE))
+            expect(page.locator("#compare-image img")).to_be_visible(timeout=15_000)
+            page.locator("#compare-run").click()
+            gallery = page.locator("#compare-gallery")
+            expect(page.locator("#compare-scores")).to_contain_text("alpha", timeout=60_000)
+            expect(page.locator("#compare-scores")).to_contain_text("beta")
+            expect(page.locator("#compare-scores")).to_contain_text("training-free CLIP baseline")
+            page.wait_for_function("() => [...document.querySelectorAll('img')].every(i => i.complete)")
+            shoot(page, gallery, tmp_path, REPO / "assets" / "screenshot_checkpoints.png")
+
+            page.get_by_role("tab", name="Batch").click()
+            page.locator("#batch-files input[type=file]").set_input_files(str(archive))
+            expect(page.locator("#batch-files")).to_contain_text("parts", timeout=15_000)
+            page.locator("#batch-class-from-folder input").check()
+            page.locator("#batch-run").click()
+            expect(page.locator("#batch-routing-strips img")).to_have_count(3, timeout=60_000)
+            expect(page.locator("#batch-routing")).to_contain_text("grass")
+            expect(page.locator("#batch-routing")).to_contain_text("brick")
+            expect(page.locator("#batch-routing-chart img")).to_be_visible()
+            page.wait_for_function("() => [...document.querySelectorAll('img')].every(i => i.complete)")
+            shoot(
+                page,
+                page.locator("#batch-routing-strips").locator(".."),
+                tmp_path,
+                REPO / "assets" / "screenshot_batch_routing.png",
+            )
+        finally:
+            browser.close()

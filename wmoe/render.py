@@ -129,15 +129,8 @@ def class_routing_chart(
     ax.set_yticks(y, [f"{n[:40]}  (entropy {summaries[n][1]:.2f})" for n in names], fontsize=8)
     ax.invert_yaxis()
     ax.set_xlim(0, 1)
-    ax.set_xlabel("mean routing weight")
-    ax.set_title(title)
-    ax.legend(
-        loc="upper center",
-        bbox_to_anchor=(0.5, -0.25 if len(names) < 4 else -0.1),
-        ncols=8,
-        fontsize=7,
-        frameon=False,
-    )
+    ax.set_title(title, fontsize=9)
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.12), ncols=8, fontsize=7, frameon=False)
     fig.tight_layout()
     canvas.draw()
     return Image.fromarray(np.asarray(canvas.buffer_rgba())).convert("RGB")
