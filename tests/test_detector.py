@@ -180,14 +180,23 @@ start = peak()
 detector.predict(image, "x")
 print(side, (peak() - start) / side**2)
 """
-PREDICT_BYTES_PER_PIXEL = 40  # README, Performance: memory of one prediction beyond the loaded model
+PREDICT_BYTES_PER_PIXEL = 12  # README, Performance: memory of one prediction beyond the loaded model
+
+
+def test_detail_maps_are_bounded_and_the_anomaly_map_is_full_size(detector):
+    from wmoe.detector import DETAIL_SIDE
+
+    p = detector.predict_batch([np.zeros((1500, 3000, 3), np.uint8)], "x", ctds_samples=2)[0]
+    assert p.anomaly_map.shape == (1500, 3000)
+    detail = (DETAIL_SIDE // 2, DETAIL_SIDE)
+    assert p.layer_maps.shape[1:] == p.expert_maps.shape[1:] == p.uncertainty_map.shape == detail
 
 
 @pytest.mark.slow
 def test_a_prediction_at_the_largest_accepted_input_stays_within_its_stated_memory():
     """One predict on a square input at the 40 MP limit (6324 px), in a fresh process: the peak resident
-    memory it adds to the loaded model (the maps are returned at the image's own size) stays under
-    README's figure per input pixel."""
+    memory it adds to the loaded model stays under README's figure per input pixel: only the anomaly map
+    comes back at the image's own size, the detail maps at most DETAIL_SIDE (36 bytes per pixel before)."""
     if not Path("/proc/self/clear_refs").exists():
         pytest.skip("needs Linux /proc to reset the peak resident memory")
     env = {**os.environ, "OMP_NUM_THREADS": "2"}

@@ -22,21 +22,25 @@ from .preprocess import ImageInput, load_image, to_tensor
 from .references import CACHE as REFERENCES
 from .references import ReferenceFeatures, bank, combine, content_key, load_references, reference_map
 
+DETAIL_SIDE = 1024  # the layer, expert and uncertainty maps come back at most this size (long side)
+
 
 @dataclass
 class Prediction:
-    """What the model says about one image; every map is float32 at the image's own height x width."""
+    """What the model says about one image; float32 maps. The anomaly, zero-shot and reference maps are at
+    the image's own height x width (H, W); the layer, expert and uncertainty maps, shown as details, at that
+    size scaled down to at most `DETAIL_SIDE` pixels on the long side (h, w), which bounds their memory."""
 
     score: float  # image anomaly score in [0, 1]
     anomaly_map: np.ndarray  # (H, W) abnormal probability in [0, 1]
-    layer_maps: np.ndarray  # (L, H, W)
+    layer_maps: np.ndarray  # (L, h, w)
     cls_score: float  # global embedding vs the prompts alone
     class_name: str
     expert_weights: np.ndarray | None = None  # (E,) routing weights, sum to 1
     expert_scores: np.ndarray | None = None  # (E,) in [0, 1]
-    expert_maps: np.ndarray | None = None  # (E, H, W) each expert's attention, scaled to max 1
+    expert_maps: np.ndarray | None = None  # (E, h, w) each expert's attention, scaled to max 1
     moe_score: float | None = None
-    uncertainty_map: np.ndarray | None = None  # (H, W) when CTDS sampling was asked for
+    uncertainty_map: np.ndarray | None = None  # (h, w) when CTDS sampling was asked for
     timings: dict[str, float] = field(default_factory=dict)  # seconds per stage
     notes: list[str] = field(default_factory=list)  # what was adjusted in the input, in plain words
     # with reference images (wmoe.references): score and anomaly_map combine these two parts
@@ -315,9 +319,11 @@ class Detector:
     ) -> Prediction:
         """Image i's numpy result at its size; ref: (its reference map on the patch grid, reference count)."""
 
-        def resize(maps):  # (C, h, w) -> numpy (C, H, W) float32 at the image size
+        detail = detail_size(size)
+
+        def resize(maps, to=size):  # (C, h, w) -> numpy (C, H, W) float32 at the image size (or `to`)
             return (
-                F.interpolate(maps[None].float(), size=size, mode="bilinear", align_corners=False)[0]
+                F.interpolate(maps[None].float(), size=to, mode="bilinear", align_corners=False)[0]
                 .cpu()
                 .numpy()
             )
@@ -328,7 +334,7 @@ class Detector:
         pred = Prediction(
             score=float(out.image_score[i]),
             anomaly_map=clip01(resize(out.anomaly_map[i][None])[0]),
-            layer_maps=clip01(resize(out.layer_maps[i])),
+            layer_maps=clip01(resize(out.layer_maps[i], detail)),
             cls_score=float(out.cls_score[i]),
             class_name=name,
             notes=notes,
@@ -337,10 +343,12 @@ class Detector:
             pred.expert_weights = out.routing_weights[i].float().cpu().numpy()
             pred.expert_scores = out.expert_scores[i].float().cpu().numpy()
             maps = out.expert_maps[i].float()
-            pred.expert_maps = clip01(resize(maps / maps.flatten(1).amax(1).clamp_min(1e-12)[:, None, None]))
+            pred.expert_maps = clip01(
+                resize(maps / maps.flatten(1).amax(1).clamp_min(1e-12)[:, None, None], detail)
+            )
             pred.moe_score = float(out.moe_score[i])
         if out.uncertainty_map is not None:
-            pred.uncertainty_map = resize(out.uncertainty_map[i][None])[0]
+            pred.uncertainty_map = resize(out.uncertainty_map[i][None], detail)[0]
         pred.zero_shot_map, pred.zero_shot_score = pred.anomaly_map, pred.score
         if ref is not None:
             pred.reference_map, pred.references = clip01(resize(ref[0][None])[0]), ref[1]
@@ -349,6 +357,12 @@ class Detector:
                 pred.zero_shot_map, pred.reference_map, pred.zero_shot_score, pred.reference_score
             )
         return pred
+
+
+def detail_size(size: tuple[int, int]) -> tuple[int, int]:
+    """(H, W) scaled down, keeping its shape, to at most DETAIL_SIDE on the long side (never up)."""
+    scale = min(1.0, DETAIL_SIDE / max(size))
+    return max(1, round(size[0] * scale)), max(1, round(size[1] * scale))
 
 
 def check_same_backbone(mine: Backbone, theirs: Backbone):
