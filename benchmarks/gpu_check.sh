@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# One prepared GPU check: every benchmark on a CUDA GPU in under 8 minutes; JSON lines into OUTDIR.
+# One prepared GPU check: every benchmark on a CUDA GPU in under 9 minutes; JSON lines into OUTDIR.
 #
 #   bash benchmarks/gpu_check.sh OUTDIR                 # on a machine with a CUDA GPU
 #   WMOE_BENCH_QUICK=1 bash benchmarks/gpu_check.sh OUTDIR   # tiny settings on any machine (proves it runs)
@@ -55,11 +55,14 @@ fi
 if [ "$QUICK" = 1 ]; then
     LAT="--reps 2"; LAT8="--reps 1"; THR="--reps 2"; MEM=""; APP="--reps 2"
     MET="--n 4 --size 64 --ref-n 2 --exact-n 2 --exact-size 32"
+    CMP="--reps 1"; TRN="--epochs 2"
 else
     LAT="--reps 20 --dtype fp32,bf16,fp16"; LAT8="--reps 5"; THR="--reps 10"; MEM=""; APP="--reps 3"
     MET="--n 200 --size 518 --ref-n 10"
+    CMP="--reps 3 --dtype bf16"  # ViT-L-14-336 at 518 px, the defaults
+    TRN="--backbone ViT-L-14-336 --image-size 518 --dtype bf16 --epochs 15"
 fi
-DEADLINE=$(( START + 465 ))  # the whole check, setup included, stays under 8 minutes
+DEADLINE=$(( START + 530 ))  # the whole check, setup included, stays under 9 minutes
 FAILED=0
 run() {  # name, time limit in seconds, command...; the limit shrinks to what is left before DEADLINE
     local name=$1 limit=$2 left t0 rc
@@ -75,6 +78,8 @@ run() {  # name, time limit in seconds, command...; the limit shrinks to what is
 }
 # in order of importance; the last two are extras
 run latency         80 "$PY" -m benchmarks.latency $LAT
+run compare_request 75 "$PY" -m benchmarks.compare_request $CMP
+run training_cache 150 "$PY" -m benchmarks.training_cache $TRN
 run throughput      55 "$PY" -m benchmarks.throughput $THR
 run memory         110 "$PY" -m benchmarks.memory $MEM
 run app_request     80 "$PY" -m benchmarks.app_request $APP

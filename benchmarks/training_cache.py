@@ -10,6 +10,7 @@ Every run is a full `training.train` run (model built, training, states saved; n
 Targets: warm / pass <= 1.5 at N = 15; ablations / pass <= 3.
 
     python -m benchmarks.training_cache                   # ViT-B-16, 224 px, 15 epochs, fp32
+    python -m benchmarks.training_cache --backbone ViT-L-14-336 --image-size 518 --dtype bf16   # on a GPU
 """
 
 from __future__ import annotations
@@ -24,18 +25,20 @@ import torch
 import yaml
 
 from benchmarks import common
+from wmoe.precision import DTYPES
 
 TARGET_WARM, TARGET_ABLATIONS = 1.5, 3.0
 
 
-def backbone_pass(model, data: Path, batch_size: int, device: torch.device) -> float:
-    """Seconds of one backbone pass over the dataset's images, as training preprocesses them."""
+def backbone_pass(model, data: Path, batch_size: int, device: torch.device, dtype: torch.dtype) -> float:
+    """Seconds of one backbone pass over the dataset's images, as training preprocesses and runs them."""
     from training.data import MetaDataset
 
     bb = model.backbone
     images = MetaDataset(data, image_size=bb.image_size, mean=bb.mean, std=bb.std)
     batches = torch.stack([images[i]["image"] for i in range(len(images))]).split(batch_size)
-    with torch.no_grad():
+    autocast = torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32)
+    with torch.no_grad(), autocast:
         model.encode(batches[0].to(device))  # warm-up
         return common.timed(lambda: [model.encode(b.to(device)) for b in batches], device)
 
@@ -48,6 +51,9 @@ def main(argv=None):
     p.add_argument("--epochs", type=int, default=2 if common.QUICK else 15)
     p.add_argument("--categories", type=int, default=2, help="synthetic categories (9 images each)")
     p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument(
+        "--dtype", default="fp32", choices=("fp32", "bf16"), help="training precision (bf16: CUDA)"
+    )
     args = p.parse_args(argv)
     device = common.setup(args)
     load_start = os.getloadavg()[0]
@@ -79,7 +85,7 @@ def main(argv=None):
         recipe = {
             "seed": 0,
             "device": device.type,
-            "precision": "fp32",
+            "precision": args.dtype,
             "model": model_fields,
             "train": {"root": str(data)},
             "optim": {"batch_size": args.batch_size, "epochs": args.epochs},
@@ -95,7 +101,8 @@ def main(argv=None):
             return seconds
 
         n_images = len(load_entries(data))
-        pass_s = backbone_pass(WMoECLIP(config).to(device).eval(), data, args.batch_size, device)
+        dtype = DTYPES[args.dtype]
+        pass_s = backbone_pass(WMoECLIP(config).to(device).eval(), data, args.batch_size, device, dtype)
         print(f"one backbone pass over {n_images} images: {pass_s:.1f} s", file=sys.stderr)
 
         cold_s = training_run("cold", tmp / "cache")
@@ -115,7 +122,7 @@ def main(argv=None):
         "bench": "training_cache",
         "backbone": args.backbone,
         "image_size": args.image_size,
-        "dtype": "fp32",
+        "dtype": args.dtype,
         "weights": "random",
         "images": n_images,
         "epochs": args.epochs,

@@ -261,3 +261,12 @@ def test_concurrent_writers_never_expose_a_partial_entry(tmp_path):
         w.join()
         assert w.exitcode == 0
     assert seen > 0 and cache.stats.damaged == 0 and not list(tmp_path.rglob("*.tmp"))
+
+
+def test_an_unusable_cache_folder_is_a_clear_error(tmp_path):
+    from training.feature_cache import FeatureCacheError
+
+    model = WMoECLIP(WMoEConfig.tiny())
+    (tmp_path / "file").write_text("not a folder")
+    with pytest.raises(FeatureCacheError, match="feature cache .*file: cannot create"):
+        FeatureCache(tmp_path / "file", model.backbone, model.config.layers, torch.float32)

@@ -29,12 +29,15 @@ def test_no_code_patches_sys_path():
         "training.evaluate",
         "training.prepare_data",
         "training.synthetic",
+        "training.ablate",
         "benchmarks.latency",
         "benchmarks.precision",
         "benchmarks.throughput",
         "benchmarks.memory",
         "benchmarks.app_request",
         "benchmarks.metrics_speed",
+        "benchmarks.compare_request",
+        "benchmarks.training_cache",
     ],
 )
 def test_each_command_runs_as_a_module_from_the_repository_root(module):
