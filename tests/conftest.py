@@ -1,11 +1,17 @@
 """Test settings: offline Hub, no analytics, headless matplotlib; tiny models and shared fixtures."""
 
+import atexit
 import os
+import shutil
+import tempfile
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 os.environ.setdefault("MPLBACKEND", "Agg")
 os.environ.pop("WMOE_BACKBONE_WEIGHTS", None)
+# gradio's upload cache, one per test run: runs side by side never delete each other's uploads
+os.environ.setdefault("GRADIO_TEMP_DIR", tempfile.mkdtemp(prefix="wmoe-tests-gradio-"))
+atexit.register(shutil.rmtree, os.environ["GRADIO_TEMP_DIR"], True)
 
 from pathlib import Path  # noqa: E402
 
