@@ -32,7 +32,7 @@ from wmoe import Detector, ImageError, Prediction
 from wmoe.checkpoint import includes_backbone
 from wmoe.precision import dtype_name
 from wmoe.preprocess import load_image
-from wmoe.references import MAX_REFERENCES
+from wmoe.references import load_references
 from wmoe.render import class_routing_chart, colorize, map_to_png16, overlay, routing_chart, routing_strip
 from wmoe.routing import routing_by_class
 
@@ -116,17 +116,9 @@ def _predict(
 
 
 def reference_images(paths) -> list[Image.Image] | None:
-    """The uploaded normal reference images, decoded; an error names the reference (by number and file)."""
-    paths = [p for p in (paths or []) if p]
-    if len(paths) > MAX_REFERENCES:
-        raise user_error(f"{len(paths)} reference images: at most {MAX_REFERENCES} are taken.")
-    images = []
-    for i, path in enumerate(paths, 1):
-        try:
-            images.append(read_upload(path))
-        except ImageError as e:
-            raise ImageError(f"reference {i}: {e}") from None
-    return images or None
+    """The uploaded normal reference images, decoded by the library (its limit and its per-reference
+    errors; `user_errors` cuts the server folders from the messages)."""
+    return load_references([p for p in (paths or []) if p]) or None
 
 
 # ----------------------------------------------------------------------------- words and errors
