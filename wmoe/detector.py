@@ -99,8 +99,9 @@ class Detector:
         info: dict | None = None,
         ctds_samples: int = 0,
     ):
-        self.device = torch.device(device) if device else default_device()
+        self.device = torch.device(device) if device else model.backbone.serving or default_device()
         self.dtype = resolve_dtype(dtype)
+        model.backbone.claim(self.device)  # a backbone other detectors use is never moved (no device: theirs)
         self.model = model.to(self.device).eval()
         self.config = model.config
         self.info = info or {}
@@ -121,7 +122,8 @@ class Detector:
 
         share: backbones already loaded (`detector.model.backbone`); one that is this checkpoint's own is
         used instead of loading a second copy (see `wmoe.checkpoint.load_model`), so detectors on one
-        backbone can also share one backbone pass (`predict_encoded`).
+        backbone can also share one backbone pass (`predict_encoded`). A shared backbone is never moved: a
+        device other than the one it serves is a BackboneInUseError (`Backbone.claim`).
         """
         model, info = load_model(path_or_repo_id, revision=revision, share=share)
         return cls(model, device=device, dtype=dtype, info=info, **kwargs)
