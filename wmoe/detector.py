@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from .backbone import Backbone
 from .checkpoint import load_model, push_to_hub, save_pretrained
 from .config import DEFAULT_CLASS, WMoEConfig
+from .errors import ArgumentError
 from .features import BackboneFeatures, FeatureMismatchError
 from .model import WMoECLIP
 from .precision import dtype_name, resolve_dtype
@@ -294,7 +295,7 @@ class Detector:
     def _names(class_names: str | Sequence[str], n: int) -> list[str]:
         names = [class_names] * n if isinstance(class_names, str) else list(class_names)
         if len(names) != n:
-            raise ValueError(f"{n} images but {len(names)} class names")
+            raise ArgumentError(f"{n} images but {len(names)} class names")
         return names
 
     def _check_shared(self, encoded: EncodedBatch):
