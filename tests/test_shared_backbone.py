@@ -81,7 +81,7 @@ def test_the_fingerprint_covers_the_activation_not_only_the_weights(monkeypatch,
     assert not torch.allclose(gelu.encode_image(x)[0], quick.encode_image(x)[0], atol=1e-4)
     assert gelu.fingerprint() != quick.fingerprint()
     assert gelu.fingerprint() == Backbone(WMoEConfig.tiny(), load_weights=False).fingerprint()  # stable
-    with pytest.raises(FeatureMismatchError, match="other weights"):
+    with pytest.raises(FeatureMismatchError, match="other weights or settings"):
         check_same_backbone(gelu, quick)
     keys = {FeatureCache(tmp_path, b, (1, 2), torch.float32).setting_id for b in (gelu, quick)}
     assert len(keys) == 2

@@ -370,7 +370,7 @@ def detail_size(size: tuple[int, int]) -> tuple[int, int]:
 
 def check_same_backbone(mine: Backbone, theirs: Backbone):
     """Raise FeatureMismatchError unless both compute the same image features (same object, or the same
-    name, input size, normalisation and image-tower weights)."""
+    name, input size, normalisation and `Backbone.fingerprint`: image-tower weights and settings)."""
     if mine is theirs:
         return
     same = (mine.name, mine.image_size, mine.mean, mine.std) == (
@@ -382,6 +382,6 @@ def check_same_backbone(mine: Backbone, theirs: Backbone):
     if not same or mine.fingerprint() != theirs.fingerprint():
         raise FeatureMismatchError(
             f"features of backbone {mine.name} at {mine.image_size} px cannot serve a model on "
-            f"{theirs.name} at {theirs.image_size} px{' with other weights' if same else ''}: "
+            f"{theirs.name} at {theirs.image_size} px{' with other weights or settings' if same else ''}: "
             "share one backbone (`Detector.training_free(backbone=...)`) or encode with each detector"
         )
