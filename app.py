@@ -37,7 +37,7 @@ from app_views import (
     valid,
 )
 from wmoe import CheckpointError, ConfigError, Detector, WeightsNotFoundError, WMoEConfig
-from wmoe.checkpoint import includes_backbone
+from wmoe.checkpoint import display_names, includes_backbone
 from wmoe.config import DEFAULT_CLASS
 from wmoe.precision import DTYPES
 from wmoe.references import MAX_REFERENCES
@@ -65,17 +65,14 @@ def load_models(
     checkpoints = [checkpoints] if isinstance(checkpoints, str) else list(checkpoints or [])
     detectors: dict[str, Detector] = {}
     failed = []
-    for checkpoint in checkpoints:
+    for checkpoint, name in zip(checkpoints, checkpoint_names(checkpoints), strict=True):
         try:
             shared = [d.model.backbone for d in detectors.values()]
             detector = Detector.from_pretrained(checkpoint, device=device, dtype=dtype, share=shared)
         except Exception as e:  # whatever went wrong, the app still starts and says why
-            failed.append(
-                f"The WMoE-CLIP checkpoint **{md(checkpoint_name(checkpoint))}** could not be loaded: {why(e)}."
-            )
+            failed.append(f"The WMoE-CLIP checkpoint **{md(name)}** could not be loaded: {why(e)}.")
             continue
-        name = checkpoint_name(checkpoint)
-        detectors[name if name not in detectors else str(checkpoint)] = detector
+        detectors[name] = detector
     if detectors:  # the normal path: the baseline shares the first loaded backbone
         first = next(iter(detectors.values()))
         return (
@@ -107,10 +104,10 @@ def load_models(
     )
 
 
-def checkpoint_name(checkpoint: str | os.PathLike) -> str:
-    """How the page names a checkpoint: a folder by its own name, a Hub repo by its id."""
-    path = Path(str(checkpoint))
-    return path.name if path.exists() else str(checkpoint)
+def checkpoint_names(checkpoints: Sequence[str | os.PathLike]) -> list[str]:
+    """How the page names checkpoints: distinct, a folder by its name (parent folders where names clash),
+    a Hub repo by its id; never a server path (`wmoe.checkpoint.display_names`)."""
+    return display_names([str(Path(c).resolve()) if Path(c).exists() else str(c) for c in checkpoints])
 
 
 def checkpoint_list(value: str | None) -> list[str]:

@@ -1,5 +1,5 @@
 """training/ablate.py: the shipped ablation set trains over one cache (the backbone once per image), writes
-one table, skips finished variants, and trains under torchrun."""
+one table, skips finished variants (unless their recipe changed), and trains under torchrun."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from training import ablate as ablate_mod
 from training.ablate import load_ablation, variant_recipe
 from training.ablate import main as ablate_main
 from training.config import TrainConfigError, load_config
@@ -133,3 +134,30 @@ def test_shipped_ablation_files_give_valid_recipes(name, tmp_path):
         assert cfg.feature_cache == str(tmp_path / "feature_cache")
         for key, value in variant.model.items():
             assert getattr(cfg.model, key) == value
+
+
+def test_a_variant_whose_recipe_changed_is_trained_again(ablation_file, tmp_path, monkeypatch):
+    body = yaml.safe_load(ablation_file.read_text())
+    body["variants"] = [{"name": "small", "model": {"num_experts": 2}}]
+    path = tmp_path / "one.yaml"
+    path.write_text(yaml.safe_dump(body))
+    trained, real = [], ablate_mod.train_mod.run
+    monkeypatch.setattr(
+        ablate_mod.train_mod,
+        "run",
+        lambda cfg, folder, **kw: trained.append(folder) or real(cfg, folder, **kw),
+    )
+    out, args = tmp_path / "out", ["--config", str(path), "--output", str(tmp_path / "out"), "--no-progress"]
+    config = lambda: json.loads((out / "small" / "config.json").read_text())["config"]  # noqa: E731
+    assert ablate_main(args) == 0 and len(trained) == 1 and config()["num_experts"] == 2
+    recorded = (out / "small" / "recipe.sha256").read_text().strip()
+    assert recorded == load_config(out / "recipes" / "small.yaml", out / "small").sha256
+    assert ablate_main(args) == 0 and len(trained) == 1  # unchanged: reused
+    body["variants"][0]["model"]["num_experts"] = 3
+    path.write_text(yaml.safe_dump(body))
+    assert (
+        ablate_main(args) == 0 and len(trained) == 2 and config()["num_experts"] == 3
+    )  # changed: trained again
+    assert (out / "small" / "recipe.sha256").read_text().strip() != recorded
+    assert "| small | heldout |" in (out / "ablations.md").read_text()
+    assert ablate_main(args) == 0 and len(trained) == 2

@@ -377,3 +377,25 @@ def test_push_to_hub_function_and_method_upload_one_saved_folder(tiny_checkpoint
     assert uploads[0]["private"] and uploads[0]["token"] == "t" and not uploads[1]["private"]
     for u, note in zip(uploads, "xy", strict=True):
         assert u["files"] == ["README.md", "config.json", "model.safetensors"] and u["info"]["note"] == note
+
+
+def test_checkpoints_with_one_folder_name_get_distinct_names_without_a_server_path(tmp_path):
+    from wmoe.checkpoint import display_names
+
+    x, y, deep = (
+        str(tmp_path / "x" / "ckpt"),
+        str(tmp_path / "y" / "ckpt"),
+        str(tmp_path / "a" / "x" / "ckpt"),
+    )
+    assert display_names([x, y]) == ["x/ckpt", "y/ckpt"]
+    assert display_names([x, str(tmp_path / "solo")]) == ["ckpt", "solo"]  # no clash: the folder alone
+    assert display_names([x, y, deep]) == [f"{tmp_path.name}/x/ckpt", "y/ckpt", "a/x/ckpt"]
+    assert display_names([x, x, "org/model"]) == ["ckpt", "ckpt (2)", "org/model"]  # a repo id as is
+    hub_and_folders = [
+        "org/model",
+        str(tmp_path / "p" / "org" / "model"),
+        str(tmp_path / "q" / "org" / "model"),
+    ]
+    assert display_names(hub_and_folders) == ["org/model", "p/org/model", "q/org/model"]
+    names = display_names([x, y, deep, x, "org/model", "/"])
+    assert len(set(names)) == len(names) and not any(n.startswith("/") or str(tmp_path) in n for n in names)

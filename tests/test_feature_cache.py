@@ -198,7 +198,7 @@ def test_the_setting_changes_with_everything_that_changes_the_features(tmp_path)
     ]
     assert len({ref, *others}) == 6
     record = json.loads((tmp_path / ref / "setting.json").read_text())
-    assert record["weights_sha256"] == base.backbone.fingerprint() and record["layers"] == [1, 2, 3, 4]
+    assert record["backbone_sha256"] == base.backbone.fingerprint() and record["layers"] == [1, 2, 3, 4]
 
 
 def test_an_entry_round_trips_exactly_and_another_images_entry_is_refused(tmp_path):

@@ -8,7 +8,10 @@ itself as a mapping) and its `variants:`, each a `name` and the `model:` fields 
 trains with `training.train` into OUTPUT/<variant>/ (its own recipe beside it in OUTPUT/recipes/), and all
 share OUTPUT/data (generated data, "{output}" in the recipe) and one feature cache (`feature_cache:`,
 default OUTPUT/feature_cache): the first variant pays the backbone once per image, the others read its
-entries. A variant already finished in OUTPUT is not trained again (rerun the command after a crash).
+entries. A variant already finished in OUTPUT is not trained again (rerun the command after a crash),
+unless its recipe changed: OUTPUT/<variant>/recipe.sha256 records the recipe its results and training
+states belong to, and a variant whose recipe differs (or is not recorded) is trained again from scratch,
+its folder replaced.
 Writes OUTPUT/ablations.md (x100) and OUTPUT/ablations.csv (fractions).
 """
 
@@ -22,6 +25,7 @@ import json
 import math
 import os
 import re
+import shutil
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,6 +40,7 @@ from training.state import list_states
 from wmoe.errors import EXIT_ERROR, EXIT_OK, WMoEError
 
 DEFAULT_CACHE = "{output}/feature_cache"
+RECIPE_HASH = "recipe.sha256"  # in a variant's folder: the sha256 of the recipe its contents came from
 
 
 @dataclass
@@ -117,6 +122,14 @@ def run(ablation: Ablation, output: Path, world: World, progress: bool = True) -
         tmp.write_text(text)
         os.replace(tmp, recipe)
         cfg = load_config(recipe, folder)
+        record = folder / RECIPE_HASH
+        stale = folder.exists() and (record.read_text().strip() if record.is_file() else None) != cfg.sha256
+        barrier(world)  # every process has looked before the main one replaces a stale folder
+        if world.main and (stale or not record.is_file()):
+            shutil.rmtree(folder, ignore_errors=True)  # results and states of another recipe
+            folder.mkdir(parents=True)
+            record.write_text(cfg.sha256 + "\n")
+        barrier(world)
         done = (folder / "metrics.json").is_file() and (folder / "model.safetensors").is_file()
         if not done:
             train_mod.run(

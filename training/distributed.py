@@ -118,7 +118,7 @@ class EpochSampler(Sampler[int]):
 
     def __init__(self, n: int, batch_size: int, world: World, seed: int = 0):
         if n < 1:
-            raise ValueError("the training set is empty")
+            raise WMoEError("the training set is empty: check the recipe's train root and classes")
         self.n, self.batch_size, self.world, self.seed = n, batch_size, world, seed
         self.per_rank = math.ceil(n / world.size)
         self.epoch, self.start_batch = 0, 0

@@ -7,7 +7,8 @@ folder each image pays the backbone once; later passes read its entry.
 
 Layout: `DIR/<setting>/<aa>/<sha256 of the image file>.safetensors`, and `DIR/<setting>/setting.json`
 saying what `<setting>` stands for. The setting is a hash of everything that changes the features: the
-backbone's name and image-tower weights (`Backbone.fingerprint`, once per run), input size, normalisation
+backbone's name and image tower, weights and settings such as the activation (`Backbone.fingerprint`,
+once per run), input size, normalisation
 and resize rule (`wmoe.preprocess.PREPROCESSING`), tapped layers, the precision of the backbone pass,
 the storage precision, and the torch and open_clip versions. The image is keyed by its bytes, so an
 edited file is a new entry; nothing is ever looked up by path or date. Old entries are never wrong, only
@@ -81,7 +82,7 @@ class FeatureCache:
         self.setting = {
             "format": FORMAT,
             "backbone": backbone.name,
-            "weights_sha256": backbone.fingerprint(),
+            "backbone_sha256": backbone.fingerprint(),  # weights and settings (activation...)
             "image_size": backbone.image_size,
             "mean": list(backbone.mean),
             "std": list(backbone.std),

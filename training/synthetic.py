@@ -749,7 +749,7 @@ def draw_defect(
             mask = changed
             break
     else:
-        raise RuntimeError(f"could not draw a visible {kind!r} defect on this image (after 20 tries)")
+        raise SyntheticError(f"could not draw a visible {kind!r} defect on this image (after 20 tries)")
     return out, mask
 
 

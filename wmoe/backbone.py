@@ -157,8 +157,29 @@ def load_tensors(path: str) -> dict:
     return state
 
 
+def settings(module: nn.Module) -> str:
+    """Each submodule's name, class and plain attributes (numbers, text, tuples; not the weights): what
+    changes a module's output besides its weights. The module repr alone misses some (attention heads).
+    Train mode and gradient checkpointing are left out: they do not change a frozen backbone's features."""
+    plain = (bool, int, float, str, tuple, list, dict, type(None))
+    ignored = {"training", "grad_checkpointing"}
+    lines = []
+    for name, m in module.named_modules():
+        fields = {
+            k: v
+            for k, v in sorted(vars(m).items())
+            if k[0] != "_" and k not in ignored and isinstance(v, plain)
+        }
+        lines.append(f"{name}: {type(m).__module__}.{type(m).__qualname__} {fields!r}")
+    return "\n".join(lines)
+
+
 class UnsafeWeightsError(WMoEError, ValueError):
     """A weights file whose unpickling would run code or build arbitrary objects."""
+
+
+class BackboneInUseError(WMoEError, ValueError):
+    """A backbone already serving detectors on one device, asked for by a detector on another."""
 
 
 class Backbone(nn.Module):
@@ -201,10 +222,27 @@ class Backbone(nn.Module):
         self.std = tuple(visual.preprocess_cfg.get("std", open_clip.OPENAI_DATASET_STD))
         self._fingerprint: str | None = None
         self.source = backbone_source(config)
+        self.serving: torch.device | None = None  # the device a Detector runs this backbone on (`claim`)
 
     def train(self, mode: bool = True):
         """The backbone is frozen: it stays in eval mode whatever the parent does."""
         return super().train(False)
+
+    def claim(self, device: str | torch.device) -> None:
+        """Reserve this backbone for detectors on `device` (called by `Detector` before placing its model).
+
+        A backbone shared by detectors (`share=`, `backbone=`) is one object: moving it for a detector on
+        another device would break the detectors already using it. So the first detector fixes the device,
+        and a detector on another device gets BackboneInUseError (load it without `share=` for its own copy).
+        """
+        device = torch.empty(0, device=device).device  # "cuda" and "cuda:0" name one device
+        if self.serving is not None and self.serving != device:
+            raise BackboneInUseError(
+                f"this {self.name} backbone serves detectors on {self.serving}; a detector on {device} "
+                "cannot share it (moving it would break them): load that detector without share= or "
+                "backbone= to give it its own copy, or put both on one device"
+            )
+        self.serving = device
 
     def encode_image(
         self, images: torch.Tensor, layers: Sequence[int] | None = None
@@ -223,13 +261,17 @@ class Backbone(nn.Module):
         return out["image_features"], taps
 
     def fingerprint(self) -> str:
-        """A hash of the image tower's weights (names, shapes, dtypes, bytes); computed once, then kept.
+        """A hash of everything in the image tower that shapes its features; computed once, then kept.
 
-        Two backbones with the same fingerprint, input size and normalisation compute the same image
+        The weights (names, shapes, dtypes, bytes), each module's class and plain settings (`settings`:
+        activation, e.g. QuickGELU from the pretrained tag, heads, norm eps, dropout, pooling, input and
+        patch size) and the normalisation. Two backbones with the same fingerprint compute the same image
         features, whatever object or file they came from (a random backbone is identified by its weights).
+        The tapped layers are not in it: they are chosen per request, and checked beside the features.
         """
         if self._fingerprint is None:
             digest = hashlib.sha256()
+            digest.update(f"{settings(self.clip.visual)}\nmean={self.mean} std={self.std}\n".encode())
             for key, tensor in self.clip.visual.state_dict().items():
                 digest.update(f"{key}|{tuple(tensor.shape)}|{tensor.dtype}|".encode())
                 digest.update(tensor.detach().to("cpu").contiguous().reshape(-1).view(torch.uint8).numpy())

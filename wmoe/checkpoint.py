@@ -11,7 +11,7 @@ import os
 import re
 from collections.abc import Sequence
 from datetime import datetime, timezone
-from pathlib import Path
+from pathlib import Path, PurePath
 
 import huggingface_hub
 import torch
@@ -263,6 +263,41 @@ def upload_checkpoint(
     )
 
 
+def display_names(checkpoints: Sequence[str]) -> list[str]:
+    """Distinct names for checkpoints shown side by side (a menu, JSON, CSV), never an absolute path.
+
+    An absolute path (a local folder) is named by its folder, or, where two names clash, by the shortest
+    run of parent folders that tells them apart (`x/ckpt`, `y/ckpt`); anything else (a Hub repo id) by
+    itself. A checkpoint listed twice gets ` (2)`, ` (3)`... in order.
+    """
+    unique = list(dict.fromkeys(str(c) for c in checkpoints))
+    parts = [PurePath(c).parts[1:] if PurePath(c).is_absolute() else None for c in unique]
+    depth = [1] * len(unique)
+
+    def name(i: int) -> str:
+        return unique[i] if parts[i] is None else "/".join(parts[i][-depth[i] :]) or "checkpoint"
+
+    while True:
+        names = [name(i) for i in range(len(unique))]
+        deeper = [
+            i
+            for i, n in enumerate(names)
+            if names.count(n) > 1 and parts[i] is not None and depth[i] < len(parts[i])
+        ]
+        if not deeper:
+            break
+        for i in deeper:
+            depth[i] += 1
+    named = dict(zip(unique, names, strict=True))
+    seen: dict[str, int] = {}
+    out = []
+    for c in checkpoints:
+        n = named[str(c)]
+        seen[n] = seen.get(n, 0) + 1
+        out.append(n if seen[n] == 1 else f"{n} ({seen[n]})")
+    return out
+
+
 def _few(names: list[str]) -> str:
     return ", ".join(names[:4]) + (f" and {len(names) - 4} more" if len(names) > 4 else "")
 
@@ -270,6 +305,7 @@ def _few(names: list[str]) -> str:
 __all__ = [
     "CheckpointError",
     "ConfigError",
+    "display_names",
     "load_model",
     "push_to_hub",
     "resolve_checkpoint",

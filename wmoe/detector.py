@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from .backbone import Backbone
 from .checkpoint import load_model, push_to_hub, save_pretrained
 from .config import DEFAULT_CLASS, WMoEConfig
+from .errors import ArgumentError
 from .features import BackboneFeatures, FeatureMismatchError
 from .model import WMoECLIP
 from .precision import dtype_name, resolve_dtype
@@ -99,8 +100,9 @@ class Detector:
         info: dict | None = None,
         ctds_samples: int = 0,
     ):
-        self.device = torch.device(device) if device else default_device()
+        self.device = torch.device(device) if device else model.backbone.serving or default_device()
         self.dtype = resolve_dtype(dtype)
+        model.backbone.claim(self.device)  # a backbone other detectors use is never moved (no device: theirs)
         self.model = model.to(self.device).eval()
         self.config = model.config
         self.info = info or {}
@@ -121,7 +123,8 @@ class Detector:
 
         share: backbones already loaded (`detector.model.backbone`); one that is this checkpoint's own is
         used instead of loading a second copy (see `wmoe.checkpoint.load_model`), so detectors on one
-        backbone can also share one backbone pass (`predict_encoded`).
+        backbone can also share one backbone pass (`predict_encoded`). A shared backbone is never moved: a
+        device other than the one it serves is a BackboneInUseError (`Backbone.claim`).
         """
         model, info = load_model(path_or_repo_id, revision=revision, share=share)
         return cls(model, device=device, dtype=dtype, info=info, **kwargs)
@@ -292,7 +295,7 @@ class Detector:
     def _names(class_names: str | Sequence[str], n: int) -> list[str]:
         names = [class_names] * n if isinstance(class_names, str) else list(class_names)
         if len(names) != n:
-            raise ValueError(f"{n} images but {len(names)} class names")
+            raise ArgumentError(f"{n} images but {len(names)} class names")
         return names
 
     def _check_shared(self, encoded: EncodedBatch):
@@ -367,7 +370,7 @@ def detail_size(size: tuple[int, int]) -> tuple[int, int]:
 
 def check_same_backbone(mine: Backbone, theirs: Backbone):
     """Raise FeatureMismatchError unless both compute the same image features (same object, or the same
-    name, input size, normalisation and image-tower weights)."""
+    name, input size, normalisation and `Backbone.fingerprint`: image-tower weights and settings)."""
     if mine is theirs:
         return
     same = (mine.name, mine.image_size, mine.mean, mine.std) == (
@@ -379,6 +382,6 @@ def check_same_backbone(mine: Backbone, theirs: Backbone):
     if not same or mine.fingerprint() != theirs.fingerprint():
         raise FeatureMismatchError(
             f"features of backbone {mine.name} at {mine.image_size} px cannot serve a model on "
-            f"{theirs.name} at {theirs.image_size} px{' with other weights' if same else ''}: "
+            f"{theirs.name} at {theirs.image_size} px{' with other weights or settings' if same else ''}: "
             "share one backbone (`Detector.training_free(backbone=...)`) or encode with each detector"
         )

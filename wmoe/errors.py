@@ -16,3 +16,8 @@ EXIT_PUBLISH_FAILED = 3  # the work is complete on disk, but publishing it (to t
 
 class WMoEError(Exception):
     """Base of every error the project raises on purpose; the message says what is wrong and how to fix it."""
+
+
+class ArgumentError(WMoEError, ValueError):
+    """An argument a library function cannot use (a wrong shape, count or name); the message says which.
+    Also a ValueError, so callers' `except ValueError` keeps working."""

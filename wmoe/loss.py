@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from .ctds import CTDS
+from .errors import ArgumentError
 from .model import WMoEOutput
 from .samoe import SAMoE
 
@@ -34,7 +35,7 @@ class LossWeights:
     def __post_init__(self):
         for name, value in asdict(self).items():
             if not isinstance(value, (int, float)) or value < 0:
-                raise ValueError(f"loss weight {name} must be a number >= 0, got {value!r}")
+                raise ArgumentError(f"loss weight {name} must be a number >= 0, got {value!r}")
 
 
 def focal_loss(prob: torch.Tensor, target: torch.Tensor, gamma: float = 2.0) -> torch.Tensor:
@@ -76,7 +77,7 @@ def wmoe_loss(
             maps = out.layer_maps[has_mask].float()  # (M, L, H, W) abnormal probability per layer
             target = masks[has_mask].bool()
             if maps.shape[-2:] != target.shape[-2:]:
-                raise ValueError(
+                raise ArgumentError(
                     f"masks are {tuple(target.shape[-2:])} but the maps are {tuple(maps.shape[-2:])}: "
                     "load masks at the model's input size"
                 )

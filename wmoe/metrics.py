@@ -26,6 +26,8 @@ from collections.abc import Iterator, Mapping
 import numpy as np
 from scipy import ndimage
 
+from .errors import ArgumentError
+
 __all__ = [
     "image_auroc",
     "image_ap",
@@ -59,13 +61,13 @@ def _as_scores(s: np.ndarray) -> np.ndarray:
     if s.dtype == np.bool_:
         s = s.view(np.uint8)
     if not (np.issubdtype(s.dtype, np.integer) or np.issubdtype(s.dtype, np.floating)):
-        raise TypeError(f"scores must be numeric, got dtype {s.dtype}")
+        raise ArgumentError(f"scores must be numeric, got dtype {s.dtype}")
     return s
 
 
 def _check_pair(y: np.ndarray, s: np.ndarray, what: str) -> None:
     if y.shape != s.shape:
-        raise ValueError(f"{what}: shapes differ, {y.shape} vs {s.shape}")
+        raise ArgumentError(f"{what}: shapes differ, {y.shape} vs {s.shape}")
 
 
 def _pixel_inputs(masks, maps) -> tuple[np.ndarray, np.ndarray]:
@@ -76,7 +78,7 @@ def _pixel_inputs(masks, maps) -> tuple[np.ndarray, np.ndarray]:
     if m.ndim == 2:
         m, a = m[None], a[None]
     if m.ndim != 3:
-        raise ValueError(f"masks/maps must be (N,H,W) or (H,W), got shape {m.shape}")
+        raise ArgumentError(f"masks/maps must be (N,H,W) or (H,W), got shape {m.shape}")
     return m, a
 
 
@@ -96,7 +98,7 @@ def _uint32_keys(part: np.ndarray) -> np.ndarray | None:
         part, dt = part.astype(np.float32), np.dtype(np.float32)
     if dt == np.float32:
         if np.isnan(part).any():
-            raise ValueError("scores contain NaN")
+            raise ArgumentError("scores contain NaN")
         u = (part + np.float32(0.0)).view(np.uint32)  # + 0.0 turns -0.0 into +0.0 (they compare equal)
         neg = u >= np.uint32(0x80000000)
         return np.where(neg, ~u, u | np.uint32(0x80000000))
@@ -140,7 +142,7 @@ class _Ranking:
         order = np.argsort(flat_scores)
         # NaN sorts last, so checking the largest element is enough.
         if n and np.isnan(flat_scores[order[-1]]):
-            raise ValueError("scores contain NaN")
+            raise ArgumentError("scores contain NaN")
         self.order = order
 
     def runs(self, chunk: int | None = None) -> Iterator[tuple[np.ndarray, np.ndarray]]:
@@ -297,7 +299,7 @@ def _label_regions(m: np.ndarray) -> tuple[np.ndarray, int]:
 def _aupro_core(m: np.ndarray, a: np.ndarray, fpr_limit: float, ranking: _Ranking | None) -> float:
     """Exact AUPRO on validated 3-D inputs (see `aupro`)."""
     if not 0.0 < fpr_limit <= 1.0:
-        raise ValueError(f"fpr_limit must be in (0, 1], got {fpr_limit}")
+        raise ArgumentError(f"fpr_limit must be in (0, 1], got {fpr_limit}")
     n_neg = int(m.size - np.count_nonzero(m))
     if n_neg == 0:
         return _NAN
@@ -374,7 +376,7 @@ def compute_all(labels, scores, masks=None, maps=None) -> dict[str, float]:
     img = _image_stats(labels, scores)
     out = {"image_auroc": img["auroc"], "image_ap": img["ap"], "image_f1_max": img["f1_max"]}
     if (masks is None) != (maps is None):
-        raise ValueError("give both masks and maps, or neither")
+        raise ArgumentError("give both masks and maps, or neither")
     if masks is not None:
         m, a = _pixel_inputs(masks, maps)
         flat = a.ravel()

@@ -19,6 +19,7 @@ from .anomaly_map import abnormal_logits, gaussian_blur, upsample
 from .backbone import Backbone, seeded
 from .config import WMoEConfig
 from .ctds import CTDS
+from .errors import ArgumentError
 from .features import BackboneFeatures, FeatureMismatchError
 from .patch_projection import PatchProjection
 from .prompts import PromptLearner
@@ -121,7 +122,7 @@ class WMoECLIP(nn.Module):
         """
         unknown = set(skip) - SKIPPABLE
         if unknown:
-            raise ValueError(f"unknown modules to skip {sorted(unknown)}; choose from {sorted(SKIPPABLE)}")
+            raise ArgumentError(f"unknown modules to skip {sorted(unknown)}; choose from {sorted(SKIPPABLE)}")
         if features.grid != self.backbone.grid:
             raise FeatureMismatchError(
                 f"features on a {features.grid} patch grid; this model's backbone has {self.backbone.grid}"

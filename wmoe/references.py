@@ -59,7 +59,9 @@ def load_references(references: Sequence[ImageInput]) -> list[Image.Image]:
         raise ReferenceImageError("references must be a list of images, not a single image")
     references = list(references)
     if len(references) > MAX_REFERENCES:
-        raise ReferenceImageError(f"{len(references)} reference images; at most {MAX_REFERENCES} are taken")
+        raise ReferenceImageError(
+            f"too many reference images ({len(references)}): at most {MAX_REFERENCES} are allowed per request"
+        )
     images = []
     for i, ref in enumerate(references, 1):
         try:

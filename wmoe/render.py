@@ -14,6 +14,8 @@ from matplotlib.figure import Figure
 from PIL import Image
 from scipy import ndimage
 
+from .errors import ArgumentError
+
 OUTLINE_RGB = (255, 255, 255)
 
 
@@ -45,7 +47,7 @@ def overlay(
 ) -> Image.Image:
     """Blend the coloured map over the image (same size) and outline where amap >= threshold."""
     if amap.shape != (image.height, image.width):
-        raise ValueError(f"map {amap.shape} and image {image.height}x{image.width} differ in size")
+        raise ArgumentError(f"map {amap.shape} and image {image.height}x{image.width} differ in size")
     base = np.asarray(image.convert("RGB"), dtype=np.float32)
     out = (1 - opacity) * base + opacity * colorize(amap, cmap, stretch).astype(np.float32)
     out = out.round().astype(np.uint8)
@@ -67,7 +69,7 @@ def routing_chart(
     and written beside its name; the dashed line is uniform routing (1 / number of experts)."""
     weights, scores = np.asarray(weights, dtype=float), np.asarray(scores, dtype=float)
     if weights.ndim != 1 or weights.shape != scores.shape or weights.size == 0:
-        raise ValueError(
+        raise ArgumentError(
             f"need one weight and one score per expert, got shapes {weights.shape} and {scores.shape}"
         )
     fig = Figure(figsize=(width / 100, 1.0 + 0.5 * weights.size), dpi=100)
@@ -98,7 +100,7 @@ def routing_strip(weights: np.ndarray, cell: int = 32, height: int = 20) -> Imag
     a fixed 0..1 scale (viridis: dark = 0, yellow = 1), so strips of different images compare directly."""
     weights = np.asarray(weights, dtype=float)
     if weights.ndim != 1 or weights.size == 0:
-        raise ValueError(f"need one routing weight per expert, got shape {weights.shape}")
+        raise ArgumentError(f"need one routing weight per expert, got shape {weights.shape}")
     colours = colorize(weights[None], cmap="viridis")[0]  # (E, 3)
     strip = np.repeat(np.repeat(colours[None], height, axis=0), cell, axis=1)
     strip[:, cell - 1 :: cell] = 255  # a thin white line between experts
@@ -113,11 +115,11 @@ def class_routing_chart(
     """Stacked bars, one per class: its mean routing weight of each expert (sums to 1), and beside its
     name the mean routing entropy normalised to 0..1 (1 = uniform). summaries: {class: (weights, entropy)}."""
     if not summaries:
-        raise ValueError("no classes to chart")
+        raise ArgumentError("no classes to chart")
     names = list(summaries)
     weights = np.stack([np.asarray(summaries[n][0], dtype=float) for n in names])
     if weights.ndim != 2 or weights.shape[1] == 0:
-        raise ValueError(f"need one weight per expert for every class, got shape {weights.shape}")
+        raise ArgumentError(f"need one weight per expert for every class, got shape {weights.shape}")
     fig = Figure(figsize=(width / 100, 1.2 + 0.35 * len(names)), dpi=100)
     canvas = FigureCanvasAgg(fig)
     ax = fig.add_subplot()

@@ -13,6 +13,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .errors import ArgumentError
+
 
 @dataclass(frozen=True)
 class RoutingSummary:
@@ -40,9 +42,9 @@ class RoutingSummary:
 def _weights(weights) -> np.ndarray:
     w = np.asarray(weights, dtype=np.float64)
     if w.ndim != 2 or w.shape[0] == 0 or w.shape[1] == 0:
-        raise ValueError(f"need routing weights of shape (images, experts), got {w.shape}")
+        raise ArgumentError(f"need routing weights of shape (images, experts), got {w.shape}")
     if not np.isfinite(w).all() or (w < -1e-6).any():
-        raise ValueError("routing weights must be finite and non-negative")
+        raise ArgumentError("routing weights must be finite and non-negative")
     return w
 
 
@@ -68,6 +70,6 @@ def routing_by_class(weights, class_names: Sequence[str]) -> dict[str, RoutingSu
     """A summary per class name, in the order the names first appear; (N, E) weights, N names."""
     w = _weights(weights)
     if len(class_names) != w.shape[0]:
-        raise ValueError(f"{w.shape[0]} routing rows but {len(class_names)} class names")
+        raise ArgumentError(f"{w.shape[0]} routing rows but {len(class_names)} class names")
     names = np.asarray(class_names, dtype=object)
     return {c: summarize_routing(w[names == c]) for c in dict.fromkeys(class_names)}
