@@ -171,3 +171,8 @@ def test_a_malformed_checksum_file_is_a_clear_error(tmp_path, capsys):
         == EXIT_ERROR
     )
     assert "sums:1: expected" in capsys.readouterr().err
+
+
+def test_a_mirror_that_is_not_a_url_is_a_clear_error(tmp_path, capsys):
+    assert dl.main(["--dataset", "btad", "--root", str(tmp_path), "--mirror", "not-a-url"]) == EXIT_ERROR
+    assert "is not a URL" in capsys.readouterr().err

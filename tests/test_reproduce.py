@@ -161,3 +161,21 @@ def test_a_killed_run_resumes_and_a_changed_recipe_is_redone(world):
     ]  # a changed recipe: its training (from scratch: its old states are gone) and every evaluation redone
     assert json.loads((out / "visa_to_mvtec/metrics.json").read_text())["steps"] == 2 * steps
     assert (out / "mvtec_to_others/model.safetensors").stat().st_mtime_ns == first
+
+
+def test_a_training_dataset_behind_a_login_stops_with_where_to_get_it(tmp_path, capsys):
+    (tmp_path / "r.yaml").write_text(yaml.safe_dump(tiny_recipe("mpdd", ["headct"])))
+    argv = [
+        "--output",
+        str(tmp_path / "out"),
+        "--data",
+        str(tmp_path / "data"),
+        "--recipes",
+        str(tmp_path / "r.yaml"),
+    ]
+    assert reproduce.main(argv) == 2
+    err = capsys.readouterr().err
+    assert (
+        err.startswith("error: MPDD") and "github.com/stepanje/MPDD" in err and "test/<defect>/000.png" in err
+    )
+    assert not (tmp_path / "out" / "r").exists()

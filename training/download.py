@@ -124,6 +124,8 @@ def fetch(
             if e.code == 416 and have:  # nothing left to send: the partial file is complete
                 break
             raise DownloadError(f"{dest.name}: {host} answered HTTP {e.code} {e.reason}") from None
+        except ValueError:
+            raise DownloadError(f"{dest.name}: {url!r} is not a URL this tool can fetch") from None
         except (urllib.error.URLError, OSError) as e:
             reason = getattr(e, "reason", e)
             raise DownloadError(

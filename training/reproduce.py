@@ -68,7 +68,12 @@ class Stages:
 
     def __init__(self, path: Path):
         self.path = path
-        self.records = json.loads(path.read_text()) if path.is_file() else {}
+        try:
+            self.records = json.loads(path.read_text()) if path.is_file() else {}
+        except (OSError, ValueError):
+            raise ReproduceError(
+                f"{path.name}: unreadable stage record; delete it to redo every stage"
+            ) from None
 
     def done(self, key: str, h: str) -> bool:
         return self.records.get(key) == {"hash": h, "state": "done"}
