@@ -146,11 +146,12 @@ def ensure_data(
 
 
 def train_stage(name: str, recipe: dict, out: Path, stages: Stages, progress: bool) -> str:
-    """Train one recipe (skipped when done with the same recipe); returns the recipe's hash."""
+    """Train one recipe (skipped when done with the same recipe and training data); returns their hash."""
     recipes_dir = out / "recipes"
     recipes_dir.mkdir(parents=True, exist_ok=True)
     text = yaml.safe_dump(recipe, sort_keys=False)
-    h = digest(text)
+    meta = Path(recipe["train"]["root"]) / recipe["train"].get("meta", "meta.json")
+    h = digest(text, meta.read_bytes())
     run, key = out / name, f"train:{name}"
     if stages.done(key, h) and (run / "model.safetensors").is_file():
         print(f"{name}: trained already (recipe {h}), skipped")
