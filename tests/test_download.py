@@ -176,3 +176,23 @@ def test_a_malformed_checksum_file_is_a_clear_error(tmp_path, capsys):
 def test_a_mirror_that_is_not_a_url_is_a_clear_error(tmp_path, capsys):
     assert dl.main(["--dataset", "btad", "--root", str(tmp_path), "--mirror", "not-a-url"]) == EXIT_ERROR
     assert "is not a URL" in capsys.readouterr().err
+
+
+def test_a_206_for_another_range_restarts_from_zero(tmp_path, archives):
+    data = archives[BTAD]
+    part = tmp_path / "data/downloads" / f"{BTAD}.part"
+    part.parent.mkdir(parents=True)
+    part.write_bytes(b"x" * 500)
+    with DatasetServer({BTAD: data}) as server:
+        original = server.httpd.RequestHandlerClass.do_GET
+
+        def lying(handler):  # answers bytes 100- to a request for bytes 500-
+            if handler.headers.get("Range") == "bytes=500-":
+                del handler.headers["Range"]
+                handler.headers["Range"] = "bytes=100-"
+            original(handler)
+
+        server.httpd.RequestHandlerClass.do_GET = lying
+        assert run(server, tmp_path, "btad") == EXIT_OK
+    assert [r for _, r in server.requests] == ["bytes=100-", None]
+    assert (tmp_path / "data/downloads" / BTAD).read_bytes() == data

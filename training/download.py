@@ -135,8 +135,12 @@ def fetch(
             resumed = response.status == 206 and response.headers.get("Content-Range", "").startswith(
                 f"bytes {have}-"
             )
+            if response.status == 206 and not resumed:  # another range than asked for: ask for it all
+                part.unlink(missing_ok=True)
+                problem = f"asked for bytes {have}- and got {response.headers.get('Content-Range')!r}"
+                continue
             if have and not resumed:
-                have = 0  # the server ignored the Range header (or sent another range): start again
+                have = 0  # the server ignored the Range header (a 200 with the whole file): start again
             length = response.headers.get("Content-Length")
             total = have + int(length) if length and length.isdigit() else None
             try:
