@@ -6,6 +6,7 @@ import json
 import socket
 import tarfile
 import time
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -196,3 +197,46 @@ def test_a_206_for_another_range_restarts_from_zero(tmp_path, archives):
         assert run(server, tmp_path, "btad") == EXIT_OK
     assert [r for _, r in server.requests] == ["bytes=100-", None]
     assert (tmp_path / "data/downloads" / BTAD).read_bytes() == data
+
+
+def isic_zips() -> dict[str, bytes]:
+    """ISIC 2016's two archives, each with its own top folder (images; `<stem>_Segmentation.png` masks)."""
+    from PIL import Image
+
+    def png(value: int) -> bytes:
+        buffer = io.BytesIO()
+        Image.new("L", (16, 16), value).save(buffer, "PNG")
+        return buffer.getvalue()
+
+    out = {}
+    for name, suffix in (("Test_Data", ".jpg"), ("Test_GroundTruth", "_Segmentation.png")):
+        buffer = io.BytesIO()
+        with zipfile.ZipFile(buffer, "w") as zf:
+            for n in (3, 4):
+                zf.writestr(
+                    f"ISBI2016_ISIC_Part1_{name}/ISIC_000000{n}{suffix}", png(255 if "Ground" in name else 90)
+                )
+        out[f"ISBI2016_ISIC_Part1_{name}.zip"] = buffer.getvalue()
+    return out
+
+
+def test_two_archives_without_published_checksums_are_merged_and_their_sha256_printed(tmp_path, capsys):
+    files = isic_zips()
+    with DatasetServer(files) as server:
+        argv = [
+            "--dataset",
+            "isic",
+            "--root",
+            str(tmp_path / "data"),
+            "--mirror",
+            server.url,
+            "--no-progress",
+        ]
+        assert dl.main(argv) == EXIT_OK
+    meta = json.loads((tmp_path / "data/isic/meta.json").read_text())
+    assert [e["mask_path"] for e in meta["test"]["isic"]] == [
+        f"ISBI2016_ISIC_Part1_Test_GroundTruth/ISIC_000000{n}_Segmentation.png" for n in (3, 4)
+    ]
+    out = capsys.readouterr().out
+    for name, data in files.items():
+        assert f"{name}: no published SHA-256 is known; computed {hashlib.sha256(data).hexdigest()}" in out
