@@ -197,3 +197,19 @@ def test_safe_parts_drops_dots_and_keeps_names():
     assert safe_parts("./a//b/./c.txt") == ("a", "b", "c.txt")
     with pytest.raises(UnsafeMemberError):
         safe_parts("a\x00b")
+
+
+def test_an_encrypted_zip_member_is_refused(box):
+    raw = bytearray(make_zip(box / "enc.zip", [("secret.txt", b"flagged as encrypted")]).read_bytes())
+    raw[6] |= 0x1  # the general-purpose flags: bit 0 = encrypted, in the local header ...
+    raw[raw.rfind(b"PK\x01\x02") + 8] |= 0x1  # ... and in the central directory
+    (box / "enc.zip").write_bytes(bytes(raw))
+    assert zipfile.ZipFile(box / "enc.zip").infolist()[0].flag_bits & 0x1
+    assert "encrypted file" in refused(box, box / "enc.zip")
+
+
+def test_a_zip_declaring_too_many_members_is_refused_before_its_directory_is_read(box, monkeypatch):
+    archive = make_zip(box / "many.zip", [(f"f{i}.txt", b"x") for i in range(5)])
+    monkeypatch.setattr(zipfile, "ZipFile", None)  # never opened: the end record alone decides
+    message = refused(box, archive, ArchiveTooLargeError, Limits(members=3))
+    assert "declares more than 3 members" in message

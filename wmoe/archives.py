@@ -2,8 +2,9 @@
 may be written and how many bytes they may take.
 
 A member is refused when its name leaves the extraction root (`..`, an absolute path, a drive letter),
-when it is anything but a regular file or a folder (symbolic and hard links, devices, fifos), or when it
-repeats a name already written. Sizes declared in headers are never trusted: bytes are counted as they
+when it is anything but a regular file or a folder (symbolic and hard links, devices, fifos, encrypted
+zip members), or when it repeats a name already written. A zip declaring more members than allowed is
+refused from its end record, before its directory is read. Sizes declared in headers are never trusted: bytes are counted as they
 are decompressed, so a member that grows past `Limits.member_bytes`, or an archive past
 `Limits.total_bytes`, is stopped while streaming. Extraction is all or nothing: members go into a fresh
 folder beside the destination, renamed into place only when every member was written; on any error the
@@ -18,6 +19,7 @@ import lzma
 import os
 import shutil
 import stat
+import sys
 import tarfile
 import zipfile
 import zlib
@@ -83,6 +85,20 @@ def safe_parts(name: str) -> tuple[str, ...]:
     return parts
 
 
+def zip_declared_members(path: str | os.PathLike) -> int:
+    """The member count a zip's end record declares, read before zipfile parses the whole central
+    directory (a small file can declare millions of members); a Zip64 end record counts as unlimited."""
+    with open(path, "rb") as f:
+        f.seek(0, os.SEEK_END)
+        f.seek(max(0, f.tell() - (1 << 16) - 22))  # the end record and its comment (at most 64 KiB)
+        tail = f.read()
+    end = tail.rfind(b"PK\x05\x06")
+    if end < 0 or len(tail) < end + 12:
+        return 0  # no end record: zipfile reports the archive as damaged
+    count = int.from_bytes(tail[end + 10 : end + 12], "little")
+    return sys.maxsize if count == 0xFFFF else count
+
+
 def _zip_members(archive: zipfile.ZipFile) -> Iterator[_Member]:
     for info in archive.infolist():
         mode = info.external_attr >> 16
@@ -90,6 +106,8 @@ def _zip_members(archive: zipfile.ZipFile) -> Iterator[_Member]:
             kind = "symlink"
         elif info.is_dir():
             kind = "dir"
+        elif info.flag_bits & 0x1:
+            kind = "encrypted file"
         elif stat.S_IFMT(mode) and not stat.S_ISREG(mode):  # no type bits: a plain file
             kind = (
                 "device"
@@ -181,6 +199,9 @@ def extract(archive: str | os.PathLike, dest: str | os.PathLike, limits: Limits 
     staging.mkdir()
     try:
         if zipfile.is_zipfile(archive):
+            declared = zip_declared_members(archive)
+            if declared > limits.members:
+                raise ArchiveTooLargeError(f"declares more than {limits.members:,} members")
             with zipfile.ZipFile(archive) as zf:
                 count = _extract_into(_zip_members(zf), staging, limits)
         elif tarfile.is_tarfile(archive):
@@ -199,6 +220,7 @@ def extract(archive: str | os.PathLike, dest: str | os.PathLike, limits: Limits 
         EOFError,
         zlib.error,
         lzma.LZMAError,
+        NotImplementedError,  # a compression method zipfile does not support
     ) as e:
         shutil.rmtree(staging, ignore_errors=True)
         raise BrokenArchiveError(f"{label}: truncated or damaged ({type(e).__name__}: {e})") from None
@@ -216,4 +238,5 @@ __all__ = [
     "UnsafeMemberError",
     "extract",
     "safe_parts",
+    "zip_declared_members",
 ]
