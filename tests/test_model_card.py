@@ -59,4 +59,5 @@ def test_an_untrained_checkpoint_says_so(tmp_path, tiny_checkpoint):
     assert "untrained" in card.data.tags and "**UNTRAINED**" in card.text
     assert card.data.eval_results is None and card.data.license == "mit"
     assert card.data.base_model is None  # a random tiny backbone has no Hub base model
+    assert "**Random-weight backbone**" in card.text
     ModelCard(str(card))  # the text parses back

@@ -107,7 +107,10 @@ def test_end_to_end_download_train_evaluate_card_push(world):
     assert metrics["shots"] == 4 and metrics["trained"] is True
     results = (out / "results.md").read_text()
     auroc = f"{100 * metrics['mean']['image_auroc']:.1f}"
-    assert f"| WMoE-CLIP (this run, visa_to_mvtec) | visa | mvtec | 4-shot | {auroc} |" in results
+    assert (
+        f"| WMoE-CLIP (this run, visa_to_mvtec; random-weight backbone) | visa | mvtec | 4-shot | {auroc} |"
+        in results
+    )
     assert "| AnomalyCLIP [2] |  | mvtec | zero-shot | 91.6 | 96.4 |" in results  # published, with its source
     assert "[3] WinCLIP: WinCLIP (Jeong et al., CVPR 2023)" in results
     assert "Training-free methods (musc, winclip, clip) are not evaluated" in results
@@ -123,6 +126,7 @@ def test_end_to_end_download_train_evaluate_card_push(world):
     assert got[("visa", "image_auroc")] == round(100 * visa["image_auroc"], 2)
     assert {d for d, _ in got} == {"visa", "btad"}
     assert 'Detector.from_pretrained("org/wmoe-repro")' in card.text and "UNTRAINED" not in card.text
+    assert "**Random-weight backbone**" in card.text  # the tiny test model says what its numbers are worth
 
 
 @pytest.mark.slow  # ~60 s on the shared 2-core machine

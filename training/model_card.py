@@ -17,7 +17,8 @@ from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
 from training.datasets import CC_BY_NC_SA, DATASETS
 from training.evaluate import METRICS
-from wmoe.checkpoint import CARD_NAME, CONFIG_NAME, CheckpointError
+from wmoe.checkpoint import CARD_NAME, CONFIG_NAME, CheckpointError, includes_backbone
+from wmoe.config import WMoEConfig
 
 TAGS = ["anomaly-detection", "zero-shot", "clip", "mixture-of-experts", "wmoe-clip"]
 HUB_LICENCE = {CC_BY_NC_SA: "cc-by-nc-sa-4.0"}
@@ -69,7 +70,7 @@ def results_table(evaluations: list[dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def card_data(config: dict, info: dict, evaluations: list[dict], name: str) -> ModelCardData:
+def card_data(config: WMoEConfig, info: dict, evaluations: list[dict], name: str) -> ModelCardData:
     train = Path(str(info.get("train_data") or "")).name
     source = DATASETS.get(train)
     # no public training data (untrained, or synthetic data): the project's own licence
@@ -97,7 +98,7 @@ def card_data(config: dict, info: dict, evaluations: list[dict], name: str) -> M
         license=licence,
         license_name=None if licence != "other" else "the training data's licence",
         datasets=[source.title] if source else None,
-        base_model=BASE_MODELS.get((config.get("backbone"), config.get("pretrained"))),
+        base_model=BASE_MODELS.get((config.backbone, config.pretrained)),
         eval_results=results or None,
     )
 
@@ -107,13 +108,7 @@ def build_card(
 ) -> ModelCard:
     """The card of `checkpoint` (a folder with config.json) and the metrics.json files of its evaluations."""
     checkpoint = Path(checkpoint)
-    try:
-        saved = json.loads((checkpoint / CONFIG_NAME).read_text())
-    except (OSError, ValueError) as e:
-        raise CheckpointError(
-            f"{CONFIG_NAME}: cannot read the checkpoint's config ({type(e).__name__})"
-        ) from None
-    config, info = saved.get("config", {}), saved.get("info", {})
+    config, info = WMoEConfig.load(checkpoint / CONFIG_NAME)
     evals = [load_evaluation(p) for p in evaluations]
     name = repo_id or checkpoint.name
     data = card_data(config, info, evals, name)
@@ -124,14 +119,19 @@ def build_card(
         else "**UNTRAINED**: random heads, for tests and demos of the plumbing only. Its numbers say nothing "
         "about what a trained model does."
     )
+    if includes_backbone(config):
+        status += (
+            " **Random-weight backbone** (a test configuration, stored here): its numbers say nothing about "
+            "real images."
+        )
     recipe = checkpoint / "train_config.yaml"
     body = [
         f"# WMoE-CLIP: {name}",
         "Zero-shot anomaly detection (WMoE-CLIP: wavelet-enhanced mixture-of-experts prompt learning on a "
         "frozen CLIP backbone).",
         status,
-        f"Backbone: open_clip `{config.get('backbone')}` ({config.get('pretrained') or 'random weights, stored here'}), "
-        f"{config.get('image_size')} px.",
+        f"Backbone: open_clip `{config.backbone}` ({config.pretrained or 'random weights, stored here'}), "
+        f"{config.image_size} px.",
         "## Results",
         "Measured by `python -m training.evaluate` (macro mean over each dataset's classes, x100); the numbers of "
         "the `model-index` above are the same values."

@@ -38,6 +38,8 @@ from training import evaluate, train
 from training.download import ManualDownloadError, download, read_checksums
 from training.evaluate import METRICS
 from training.model_card import LABELS, load_evaluation, protocol, write_card
+from wmoe.checkpoint import CONFIG_NAME, includes_backbone
+from wmoe.config import WMoEConfig
 from wmoe.errors import EXIT_ERROR, EXIT_OK, WMoEError
 
 RECIPES = ("training/configs/mvtec_to_all.yaml", "training/configs/visa_to_mvtec.yaml")
@@ -205,7 +207,9 @@ def _cell(v) -> str:
     return f"{v:.1f}" if isinstance(v, (int, float)) and math.isfinite(v) else ""
 
 
-def results_table(measured: dict[str, list[Path]], recipes: dict[str, dict]) -> tuple[str, dict]:
+def results_table(
+    measured: dict[str, list[Path]], recipes: dict[str, dict], output: Path
+) -> tuple[str, dict]:
     """Markdown: this run's means per (recipe, dataset, protocol) and, below each dataset, the published
     numbers of training/published.json with their sources. Also the same as a dict for results.json."""
     published = json.loads(PUBLISHED.read_text())["methods"]
@@ -213,9 +217,13 @@ def results_table(measured: dict[str, list[Path]], recipes: dict[str, dict]) -> 
     lines = [head, "|---|---|---|---|" + "---|" * len(METRICS)]
     rows, sources = [], []
     for name, files in measured.items():
+        config, _ = WMoEConfig.load(output / name / CONFIG_NAME)
+        label = f"WMoE-CLIP (this run, {name}" + (
+            "; random-weight backbone)" if includes_backbone(config) else ")"
+        )
         for e in map(load_evaluation, files):
             values = {k: 100 * e["mean"][k] if e["mean"].get(k) is not None else None for k in METRICS}
-            rows.append({"method": f"WMoE-CLIP (this run, {name})", "train": train_dataset(recipes[name]),
+            rows.append({"method": label, "train": train_dataset(recipes[name]),
                          "dataset": e["dataset"], "protocol": protocol(e["shots"]), **values})  # fmt: skip
     datasets = list(dict.fromkeys(r["dataset"] for r in rows))
     for i, m in enumerate(published, start=1):
@@ -267,7 +275,7 @@ def reproduce(
         f"note: training-free methods ({', '.join(TRAINING_FREE_METHODS)}) are not evaluated: "
         "training.evaluate has no --method option yet"
     )
-    text, table = results_table(measured, raws)
+    text, table = results_table(measured, raws, output)
     (output / "results.md").write_text(text)
     (output / "results.json").write_text(evaluate.to_json(table))
     print(f"wrote {output / 'results.md'}")
