@@ -26,7 +26,9 @@ What runs, per image (sections of the paper):
 
 Normalisation: every score is a probability or a cosine distance in [0, 1], and harmonic means and
 averages keep them there, so the map goes unchanged onto the fixed 0..1 colour scale (no per-image
-stretching); it is upsampled bilinearly from the patch grid to the image's size.
+stretching); it is upsampled bilinearly from the patch grid to the image's size. The prediction's
+`layer_maps` hold the zero-shot map of each scale (the whole image, then the windows, small to large);
+with references, `zero_shot_map` and `reference_map` are the two halves of the map.
 
 Where we differ from the reference implementation: its window pass permutes tokens to sequence-first
 for an older open_clip; with the pinned (batch-first) open_clip that permute mixes windows, so we pass
@@ -214,7 +216,8 @@ class WinCLIP:
         """(B, 3, S, S) -> (image embeddings (B, D), patch tokens after ln_post (B, N, W), [window
         embeddings (B, windows, D) per scale]). One pass over the whole image; then each window's tokens
         with the class token, batch-first, through the transformer (Sec. 4.2)."""
-        visual = self.backbone.clip.visual
+        visual = self.backbone.clip.visual  # open_clip's own steps of visual.forward (pinned open_clip;
+        # tests/test_winclip.py checks the image embedding against encode_image)
         tokens = visual._embeds(images)  # class token first, position embeddings added, ln_pre applied
         pooled, patches = visual._pool(visual.transformer(tokens))
         image = pooled @ visual.proj
@@ -272,6 +275,8 @@ class WinCLIP:
             name = DEFAULT_CLASS
         t0 = time.perf_counter()
         memory, count = self.reference_memory(references) if references else (None, 0)
+        timings["references"] = time.perf_counter() - t0
+        t0 = time.perf_counter()
         pil = load_image(image)
         x = self.preprocess([pil])
         timings["preprocess"] = time.perf_counter() - t0
