@@ -124,7 +124,9 @@ def test_predict_returns_a_prediction(winclip, pasted):
     assert 0 <= p.anomaly_map.min() and p.anomaly_map.max() <= 1 and 0 <= p.score <= 1
     assert p.score == p.cls_score and p.references == 0 and p.reference_map is None
     assert p.layer_maps.shape == (1 + len(winclip.scales), 150, 208)
-    assert winclip.predict(pasted[1][:150], "").notes  # an empty name is said
+    assert "no class name" in winclip.predict(pasted[1][:150], "").notes[0]
+    assert not winclip.predict(pasted[1][:150], "screw").notes
+    assert "cut to fit" in winclip.predict(pasted[1][:150], "screw " * 70).notes[0]
 
 
 def test_pasted_patch_stands_out(winclip, pasted):

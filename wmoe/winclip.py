@@ -211,6 +211,11 @@ class WinCLIP:
             self._text[class_name] = text
         return text
 
+    def truncated(self, class_name: str) -> bool:
+        """True when some prompt of the ensemble fills the whole text context (so it was cut to fit)."""
+        ids = self.backbone.tokenizer([p for ps in prompt_ensemble(class_name) for p in ps])
+        return bool((ids[:, -1] != 0).any())
+
     @torch.inference_mode()
     def encode(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, list[torch.Tensor]]:
         """(B, 3, S, S) -> (image embeddings (B, D), patch tokens after ln_post (B, N, W), [window
@@ -273,6 +278,8 @@ class WinCLIP:
         if not name:
             notes.append(f"no class name given: used '{DEFAULT_CLASS}'")
             name = DEFAULT_CLASS
+        if self.truncated(name):
+            notes.append("the class name is longer than the text encoder's context: it was cut to fit")
         t0 = time.perf_counter()
         memory, count = self.reference_memory(references) if references else (None, 0)
         timings["references"] = time.perf_counter() - t0
