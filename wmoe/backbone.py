@@ -257,6 +257,8 @@ class Backbone(nn.Module):
             return x @ self.clip.text_projection
 
     def encode_text(self, texts: list[str]) -> torch.Tensor:
-        """Plain CLIP text features for a list of strings (used by tests and the baseline)."""
+        """Plain CLIP text features for a list of strings (tests, WinCLIP's prompt ensemble); the tower runs
+        only up to the longest string's end-of-text token (see `encode_text_embeddings`)."""
         ids = self.tokenizer(texts).to(self.clip.token_embedding.weight.device)
-        return self.encode_text_embeddings(self.embed_tokens(ids), ids.argmax(dim=-1))
+        eot = ids.argmax(dim=-1)
+        return self.encode_text_embeddings(self.embed_tokens(ids[:, : int(eot.max()) + 1]), eot)
