@@ -21,6 +21,7 @@ if TYPE_CHECKING:
     from .model import WMoECLIP, WMoEOutput
     from .preprocess import ImageError, ImageInput, load_image
     from .samoe import MoEOutput
+    from .winclip import WinCLIP
 
 _EXPORTS = {
     "CheckpointError": "checkpoint",
@@ -43,6 +44,7 @@ _EXPORTS = {
     "ImageInput": "preprocess",
     "load_image": "preprocess",
     "MoEOutput": "samoe",
+    "WinCLIP": "winclip",
 }
 __all__ = [  # the public API, spelled out (the test suite checks it against _EXPORTS)
     "DEFAULT_CLASS",
@@ -66,6 +68,7 @@ __all__ = [  # the public API, spelled out (the test suite checks it against _EX
     "load_model",
     "push_to_hub",
     "save_pretrained",
+    "WinCLIP",
 ]
 
 

@@ -27,16 +27,17 @@ from .hub import WeightsNotFoundError, cached_or_download
 MODEL_CONFIG_DIR = Path(__file__).parent / "model_configs"
 open_clip.add_model_config(MODEL_CONFIG_DIR)  # registers wmoe-tiny with open_clip's factory
 HUB_WEIGHT_FILES = ["open_clip_model.safetensors", "open_clip_pytorch_model.bin"]
+WEIGHTS_ENV = "WMOE_BACKBONE_WEIGHTS"  # a local weights file for the main backbone
 
 
-def resolve_backbone_weights(config: WMoEConfig) -> tuple[str | None, bool]:
-    """(weights file or None for random weights, whether the tag needs QuickGELU)."""
-    local = config.backbone_weights or os.environ.get("WMOE_BACKBONE_WEIGHTS")
+def resolve_backbone_weights(config: WMoEConfig, env: str = WEIGHTS_ENV) -> tuple[str | None, bool]:
+    """(weights file or None for random weights, whether the tag needs QuickGELU); `env` names the variable
+    that can point at a local weights file (another backbone, such as WinCLIP's, has its own)."""
+    local = config.backbone_weights or os.environ.get(env)
     if local:
         if not Path(local).is_file():
             raise WeightsNotFoundError(
-                f"backbone weights file {local} (from the config's backbone_weights "
-                "or WMOE_BACKBONE_WEIGHTS) does not exist"
+                f"backbone weights file {local} (from the config's backbone_weights or {env}) does not exist"
             )
         pcfg = open_clip.get_pretrained_cfg(config.backbone, config.pretrained or "") or {}
         return local, bool(pcfg.get("quick_gelu", False))
@@ -52,20 +53,20 @@ def resolve_backbone_weights(config: WMoEConfig) -> tuple[str | None, bool]:
     if "hf_hub" not in pcfg:
         raise ConfigError(
             f"{config.backbone}/{config.pretrained} has no Hugging Face Hub entry in open_clip; "
-            "download its weights and name the file in WMOE_BACKBONE_WEIGHTS"
+            f"download its weights and name the file in {env}"
         )
     repo_id, filename = os.path.split(pcfg["hf_hub"])  # "org/name/" means open_clip's default file names
     files = [filename] if filename else HUB_WEIGHT_FILES
     fix = (
         f"Supply the {config.backbone} '{config.pretrained}' weights: run once with network access "
-        f"(`hf download {repo_id} {files[0]}`), or set WMOE_BACKBONE_WEIGHTS to a local open_clip weights file."
+        f"(`hf download {repo_id} {files[0]}`), or set {env} to a local open_clip weights file."
     )
     return cached_or_download(repo_id, files, how_to_fix=fix), quick_gelu
 
 
-def backbone_source(config: WMoEConfig) -> tuple:
+def backbone_source(config: WMoEConfig, env: str = WEIGHTS_ENV) -> tuple:
     """What a config's backbone is made of: (open_clip name, input size, pretrained tag, weights file,
-    WMOE_BACKBONE_WEIGHTS). Two configs with the same source and named weights (a tag or a file) get the
+    the weights variable `env`). Two configs with the same source and named weights (a tag or a file) get the
     same backbone; random weights (pretrained and weights file both None) travel in the checkpoint and
     are compared tensor by tensor (`wmoe.checkpoint.load_model`)."""
     return (
@@ -73,7 +74,7 @@ def backbone_source(config: WMoEConfig) -> tuple:
         config.image_size,
         config.pretrained,
         config.backbone_weights,
-        os.environ.get("WMOE_BACKBONE_WEIGHTS"),
+        os.environ.get(env),
     )
 
 
@@ -185,9 +186,9 @@ class BackboneInUseError(WMoEError, ValueError):
 class Backbone(nn.Module):
     """Frozen open_clip CLIP; `encode_image` gives the global embedding and per-layer patch tokens."""
 
-    def __init__(self, config: WMoEConfig, load_weights: bool = True):
+    def __init__(self, config: WMoEConfig, load_weights: bool = True, weights_env: str = WEIGHTS_ENV):
         super().__init__()
-        weights, quick_gelu = resolve_backbone_weights(config) if load_weights else (None, False)
+        weights, quick_gelu = resolve_backbone_weights(config, weights_env) if load_weights else (None, False)
         if config.backbone not in open_clip.list_models():
             raise ConfigError(f"unknown open_clip backbone {config.backbone!r}; see open_clip.list_models()")
         quiet = logging.getLogger()
@@ -221,7 +222,7 @@ class Backbone(nn.Module):
         self.mean = tuple(visual.preprocess_cfg.get("mean", open_clip.OPENAI_DATASET_MEAN))
         self.std = tuple(visual.preprocess_cfg.get("std", open_clip.OPENAI_DATASET_STD))
         self._fingerprint: str | None = None
-        self.source = backbone_source(config)
+        self.source = backbone_source(config, weights_env)
         self.serving: torch.device | None = None  # the device a Detector runs this backbone on (`claim`)
 
     def train(self, mode: bool = True):
@@ -298,6 +299,8 @@ class Backbone(nn.Module):
             return x @ self.clip.text_projection
 
     def encode_text(self, texts: list[str]) -> torch.Tensor:
-        """Plain CLIP text features for a list of strings (used by tests and the baseline)."""
+        """Plain CLIP text features for a list of strings (tests, WinCLIP's prompt ensemble); the tower runs
+        only up to the longest string's end-of-text token (see `encode_text_embeddings`)."""
         ids = self.tokenizer(texts).to(self.clip.token_embedding.weight.device)
-        return self.encode_text_embeddings(self.embed_tokens(ids), ids.argmax(dim=-1))
+        eot = ids.argmax(dim=-1)
+        return self.encode_text_embeddings(self.embed_tokens(ids[:, : int(eot.max()) + 1]), eot)

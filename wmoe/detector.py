@@ -50,6 +50,7 @@ class Prediction:
     reference_map: np.ndarray | None = None  # (H, W) in [0, 1]: distance to the nearest reference patch
     reference_score: float | None = None  # the largest patch distance (reference map's max on the grid)
     references: int = 0  # how many reference images were used
+    method: str = "WMoE-CLIP"  # the method that produced this prediction (e.g. "WinCLIP", wmoe.winclip)
 
     def to_dict(self) -> dict:
         """A JSON-ready summary (no maps)."""
@@ -63,6 +64,7 @@ class Prediction:
             "expert_scores": arr(self.expert_scores),
             "image_size": list(self.anomaly_map.shape),
             "references": self.references,
+            "method": self.method,
             "zero_shot_score": None if self.zero_shot_score is None else round(self.zero_shot_score, 6),
             "reference_score": None if self.reference_score is None else round(self.reference_score, 6),
             "timings": {k: round(v, 4) for k, v in self.timings.items()},
