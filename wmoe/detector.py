@@ -17,7 +17,7 @@ from .checkpoint import load_model, push_to_hub, save_pretrained
 from .config import DEFAULT_CLASS, WMoEConfig
 from .features import BackboneFeatures, FeatureMismatchError
 from .model import WMoECLIP
-from .precision import dtype_name, resolve_dtype
+from .precision import autocast, dtype_name, resolve_dtype
 from .preprocess import ImageInput, load_image, to_tensor
 from .references import CACHE as REFERENCES
 from .references import ReferenceFeatures, bank, combine, content_key, load_references, reference_map
@@ -286,7 +286,7 @@ class Detector:
         ]
 
     def _autocast(self):
-        return torch.autocast(self.device.type, dtype=self.dtype, enabled=self.dtype != torch.float32)
+        return autocast(self.device, self.dtype)
 
     @staticmethod
     def _names(class_names: str | Sequence[str], n: int) -> list[str]:
@@ -351,10 +351,17 @@ class Detector:
             pred.uncertainty_map = resize(out.uncertainty_map[i][None], detail)[0]
         pred.zero_shot_map, pred.zero_shot_score = pred.anomaly_map, pred.score
         if ref is not None:
-            pred.reference_map, pred.references = clip01(resize(ref[0][None])[0]), ref[1]
-            pred.reference_score = float(ref[0].max())
-            pred.anomaly_map, pred.score = combine(
-                pred.zero_shot_map, pred.reference_map, pred.zero_shot_score, pred.reference_score
+            amap, score, rmap, rscore = combine(
+                torch.from_numpy(pred.zero_shot_map)[None],
+                torch.tensor([pred.score]),
+                ref[0][None].cpu(),
+                trained=self.trained,
+            )
+            pred.anomaly_map, pred.score = amap[0].numpy(), float(score[0])
+            pred.reference_map, pred.reference_score, pred.references = (
+                rmap[0].numpy(),
+                float(rscore[0]),
+                ref[1],
             )
         return pred
 
