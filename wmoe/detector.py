@@ -43,7 +43,7 @@ class Prediction:
     uncertainty_map: np.ndarray | None = None  # (h, w) when CTDS sampling was asked for
     timings: dict[str, float] = field(default_factory=dict)  # seconds per stage
     notes: list[str] = field(default_factory=list)  # what was adjusted in the input, in plain words
-    # with reference images (wmoe.references): score and anomaly_map combine these two parts
+    # with reference images: score and anomaly_map combine these two parts (wmoe.references.combine)
     zero_shot_map: np.ndarray | None = None  # (H, W) the map without references (anomaly_map itself without)
     zero_shot_score: float | None = None
     reference_map: np.ndarray | None = None  # (H, W) in [0, 1]: distance to the nearest reference patch
@@ -179,7 +179,8 @@ class Detector:
 
         references: normal images of the same part (paths, bytes, PIL images, arrays; at most
         `wmoe.references.MAX_REFERENCES`): each prediction then also has a `reference_map`, and its
-        `anomaly_map` and `score` combine both parts (see `wmoe.references`).
+        `anomaly_map` and `score` combine both parts, or are the reference part alone for an untrained
+        detector (`wmoe.references.combine`).
         """
         self._names(class_names, len(images))
         refs = self.reference_features(references)  # a bad reference fails before the images' pass
