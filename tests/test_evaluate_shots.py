@@ -13,19 +13,8 @@ from wmoe import metrics as M
 
 
 @pytest.fixture(scope="module")
-def data(tmp_path_factory):
-    root = tmp_path_factory.mktemp("shots-data")
-    generate(
-        root,
-        ["tile:dots", "washer:disc"],
-        n_train_good=3,
-        n_test_good=3,
-        n_test_defect_per_type=1,
-        size=48,
-        seed=0,
-    )
-    prepare("mvtec", root)
-    return root
+def data(two_class_data):
+    return two_class_data
 
 
 def run(checkpoint, data, out, *extra):

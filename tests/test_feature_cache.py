@@ -21,26 +21,13 @@ from training import train as train_mod
 from training.config import load_config
 from training.evaluate import main as evaluate_main
 from training.feature_cache import FeatureCache
-from training.prepare_data import prepare
 from training.progress import LOG_INTERVAL
-from training.synthetic import generate
 from wmoe import WMoECLIP, WMoEConfig
-from wmoe.backbone import Backbone
 
 
 @pytest.fixture(scope="module")
-def data(tmp_path_factory) -> dict[str, Path]:
-    base = tmp_path_factory.mktemp("data")
-    roots = {"train": base / "train", "heldout": base / "heldout"}
-    generate(
-        roots["train"], ["felt", "nut"], n_train_good=0, n_test_good=3, n_test_defect_per_type=1, size=48
-    )
-    generate(
-        roots["heldout"], ["tile:dots"], n_train_good=0, n_test_good=3, n_test_defect_per_type=1, size=48
-    )
-    for root in roots.values():
-        prepare("mvtec", root)
-    return roots
+def data(train_heldout_data) -> dict[str, Path]:
+    return train_heldout_data
 
 
 def run(data, folder: Path, cache: Path | None = None, dtype: str = "fp32", progress: bool = False) -> dict:
@@ -71,19 +58,6 @@ def heads(metrics_dir: Path) -> dict[str, torch.Tensor]:
         for k, v in load_file(str(metrics_dir / "model.safetensors")).items()
         if not k.startswith("backbone.")
     }
-
-
-@pytest.fixture
-def backbone_images(monkeypatch) -> list[int]:
-    """The number of images of each backbone pass."""
-    calls, real = [], Backbone.encode_image
-
-    def counted(self, images, layers=None):
-        calls.append(images.shape[0])
-        return real(self, images, layers)
-
-    monkeypatch.setattr(Backbone, "encode_image", counted)
-    return calls
 
 
 @pytest.fixture(scope="module")
