@@ -27,7 +27,7 @@ import torch
 from benchmarks import common
 from wmoe.backbone import no_mha_fastpath
 from wmoe.detector import Detector
-from wmoe.precision import DTYPES
+from wmoe.precision import DTYPES, autocast
 from wmoe.preprocess import to_tensor
 
 OVERHEAD_TARGET = 1.10
@@ -39,7 +39,7 @@ def bare_side(model, x: torch.Tensor, dtype: torch.dtype, device: torch.device, 
     """The image tower's own forward, the physical floor of our inference."""
 
     def run():
-        with torch.inference_mode(), torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32):
+        with torch.inference_mode(), autocast(device, dtype):
             with no_mha_fastpath() if fused else contextlib.nullcontext():
                 model.backbone.clip.encode_image(x)
 

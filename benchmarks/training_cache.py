@@ -26,7 +26,7 @@ import torch
 import yaml
 
 from benchmarks import common
-from wmoe.precision import DTYPES
+from wmoe.precision import DTYPES, autocast
 
 TARGET_WARM, TARGET_ABLATIONS = 1.5, 3.0
 
@@ -38,8 +38,7 @@ def backbone_pass(model, data: Path, batch_size: int, device: torch.device, dtyp
     bb = model.backbone
     images = MetaDataset(data, image_size=bb.image_size, mean=bb.mean, std=bb.std)
     batches = torch.stack([images[i]["image"] for i in range(len(images))]).split(batch_size)
-    autocast = torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32)
-    with torch.no_grad(), autocast:
+    with torch.no_grad(), autocast(device, dtype):
         model.encode(batches[0].to(device))  # warm-up
         return common.timed(lambda: [model.encode(b.to(device)) for b in batches], device)
 

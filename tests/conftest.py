@@ -36,3 +36,46 @@ def tiny_checkpoint(tmp_path_factory) -> Path:
     directory = tmp_path_factory.mktemp("tiny-ckpt")
     save_pretrained(randomize_heads(WMoECLIP(WMoEConfig.tiny())), directory)
     return directory
+
+
+# ------------------------------------------------------------------- shared non-app fixtures (library, training)
+@pytest.fixture
+def backbone_images(monkeypatch) -> list[int]:
+    """The number of images of each pass through any backbone's image tower (Backbone.encode_image)."""
+    from wmoe.backbone import Backbone
+
+    calls, real = [], Backbone.encode_image
+
+    def counted(self, images, layers=None):
+        calls.append(images.shape[0])
+        return real(self, images, layers)
+
+    monkeypatch.setattr(Backbone, "encode_image", counted)
+    return calls
+
+
+def _synthetic(root: Path, categories: list[str], **sizes) -> Path:
+    from training.prepare_data import prepare
+    from training.synthetic import generate
+
+    generate(root, categories, n_test_good=3, n_test_defect_per_type=1, size=48, **sizes)
+    prepare("mvtec", root)
+    return root
+
+
+@pytest.fixture(scope="session")
+def two_class_data(tmp_path_factory) -> Path:
+    """A prepared synthetic dataset (MVTec layout, 48 px): tile and washer, each 3 normal training images,
+    3 normal and 1 per defect type test images. Read only."""
+    return _synthetic(tmp_path_factory.mktemp("two-class-data"), ["tile:dots", "washer:disc"], n_train_good=3)
+
+
+@pytest.fixture(scope="session")
+def train_heldout_data(tmp_path_factory) -> dict[str, Path]:
+    """Two prepared synthetic datasets (48 px, test images only): "train" (felt, nut: 16 images) and
+    "heldout" (tile: 8 images). Read only."""
+    base = tmp_path_factory.mktemp("train-heldout-data")
+    return {
+        "train": _synthetic(base / "train", ["felt", "nut"], n_train_good=0),
+        "heldout": _synthetic(base / "heldout", ["tile:dots"], n_train_good=0),
+    }

@@ -18,46 +18,31 @@ from training.ablate import load_ablation, variant_recipe
 from training.ablate import main as ablate_main
 from training.config import TrainConfigError, load_config
 from training.evaluate import METRICS
-from training.prepare_data import prepare
-from training.synthetic import generate
-from wmoe.backbone import Backbone
 
 ROOT = Path(__file__).resolve().parents[1]
 SHIPPED = ROOT / "training" / "configs" / "ablations_smoke.yaml"
 
 
 @pytest.fixture(scope="module")
-def ablation_file(tmp_path_factory) -> Path:
+def ablation_file(tmp_path_factory, train_heldout_data) -> Path:
     """The shipped smoke ablation's variants on a smaller recipe (48 px, 16 + 8 images, 1 epoch)."""
     base = tmp_path_factory.mktemp("ablation")
-    for name, cats in (("train", ["felt", "nut"]), ("heldout", ["tile:dots"])):
-        generate(base / name, cats, n_train_good=0, n_test_good=3, n_test_defect_per_type=1, size=48)
-        prepare("mvtec", base / name)
     body = yaml.safe_load(SHIPPED.read_text())
     body["recipe"] = {
         "seed": 0,
         "device": "cpu",
         "cpu_threads": 1,
         "model": {"tiny": True, "image_size": 48},
-        "train": {"root": str(base / "train")},
+        "train": {"root": str(train_heldout_data["train"])},
         "optim": {"batch_size": 4, "epochs": 1},
-        "eval": {"batch_size": 8, "datasets": [{"name": "heldout", "root": str(base / "heldout")}]},
+        "eval": {
+            "batch_size": 8,
+            "datasets": [{"name": "heldout", "root": str(train_heldout_data["heldout"])}],
+        },
     }
     path = base / "ablation.yaml"
     path.write_text(yaml.safe_dump(body))
     return path
-
-
-@pytest.fixture
-def backbone_images(monkeypatch) -> list[int]:
-    calls, real = [], Backbone.encode_image
-
-    def counted(self, images, layers=None):
-        calls.append(images.shape[0])
-        return real(self, images, layers)
-
-    monkeypatch.setattr(Backbone, "encode_image", counted)
-    return calls
 
 
 def table(output: Path) -> list[dict]:

@@ -9,26 +9,13 @@ import pytest
 from PIL import Image
 
 from training.evaluate import main as evaluate_main
-from training.prepare_data import prepare
-from training.synthetic import generate
 from wmoe import Detector, WMoECLIP, WMoEConfig, save_pretrained
 from wmoe.routing import routing_entropy
 
 
 @pytest.fixture(scope="module")
-def data(tmp_path_factory):
-    root = tmp_path_factory.mktemp("routing-data")
-    generate(
-        root,
-        ["tile:dots", "washer:disc"],
-        n_train_good=0,
-        n_test_good=3,
-        n_test_defect_per_type=1,
-        size=48,
-        seed=0,
-    )
-    prepare("mvtec", root)
-    return root
+def data(two_class_data):
+    return two_class_data
 
 
 def run(checkpoint, data, out):

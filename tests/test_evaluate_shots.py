@@ -2,29 +2,19 @@
 
 import json
 
+import numpy as np
 import pytest
 
 from training.evaluate import main as evaluate_main
 from training.prepare_data import prepare
 from training.synthetic import generate
-from wmoe import Detector
+from wmoe import Detector, load_model, save_pretrained
 from wmoe import metrics as M
 
 
 @pytest.fixture(scope="module")
-def data(tmp_path_factory):
-    root = tmp_path_factory.mktemp("shots-data")
-    generate(
-        root,
-        ["tile:dots", "washer:disc"],
-        n_train_good=3,
-        n_test_good=3,
-        n_test_defect_per_type=1,
-        size=48,
-        seed=0,
-    )
-    prepare("mvtec", root)
-    return root
+def data(two_class_data):
+    return two_class_data
 
 
 def run(checkpoint, data, out, *extra):
@@ -59,3 +49,40 @@ def test_k_normal_training_images_per_class_serve_as_references(tiny_checkpoint,
     capsys.readouterr()
     assert run(tiny_checkpoint, data, tmp_path / "c", "--shots", "4") == 2
     assert "has 3 normal training images" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("trained", [False, True])
+def test_shots_pixel_maps_are_the_detectors_maps(tiny_checkpoint, tmp_path, monkeypatch, trained):
+    """The maps evaluate scores (the pixel metrics' input) equal Detector.predict_batch's maps, at images of
+    the model input size (so neither side resizes its maps): the reference map alone for an untrained
+    checkpoint, combined with the zero-shot map for a trained one (wmoe.references.combine)."""
+    model, info = load_model(tiny_checkpoint)
+    checkpoint = save_pretrained(model, tmp_path / "ckpt", {**info, "trained": trained})
+    data = tmp_path / "data"
+    side = model.config.image_size
+    generate(data, ["tile:dots"], n_train_good=2, n_test_good=2, n_test_defect_per_type=1, size=side, seed=3)
+    prepare("mvtec", data)
+    scored = []
+    real = M.compute_all
+
+    def spy(labels, scores, masks=None, maps=None):
+        if maps is not None:
+            scored.append(np.array(maps))
+        return real(labels, scores, masks, maps)
+
+    monkeypatch.setattr(M, "compute_all", spy)
+    assert run(checkpoint, data, tmp_path / "out", "--shots", "2") == 0
+    result = json.loads((tmp_path / "out" / "metrics.json").read_text())
+    entries = json.loads((data / "meta.json").read_text())["test"]["tile"]
+    detector = Detector.from_pretrained(checkpoint, device="cpu")
+    assert detector.trained == trained
+    preds = detector.predict_batch(
+        [data / e["img_path"] for e in entries],
+        "tile",
+        references=[data / r for r in result["references"]["tile"]],
+    )
+    (maps,) = scored
+    assert maps.shape == (len(entries), side, side)
+    for got, p in zip(maps, preds, strict=True):
+        np.testing.assert_allclose(got, p.anomaly_map, atol=1e-5)
+        assert not np.allclose(got, p.zero_shot_map, atol=1e-3)  # the reference map is in it

@@ -7,6 +7,8 @@ import errno
 import json
 import logging
 import multiprocessing
+import re
+import time
 from pathlib import Path
 
 import pytest
@@ -19,28 +21,16 @@ from training import train as train_mod
 from training.config import load_config
 from training.evaluate import main as evaluate_main
 from training.feature_cache import FeatureCache
-from training.prepare_data import prepare
-from training.synthetic import generate
+from training.progress import LOG_INTERVAL
 from wmoe import WMoECLIP, WMoEConfig
-from wmoe.backbone import Backbone
 
 
 @pytest.fixture(scope="module")
-def data(tmp_path_factory) -> dict[str, Path]:
-    base = tmp_path_factory.mktemp("data")
-    roots = {"train": base / "train", "heldout": base / "heldout"}
-    generate(
-        roots["train"], ["felt", "nut"], n_train_good=0, n_test_good=3, n_test_defect_per_type=1, size=48
-    )
-    generate(
-        roots["heldout"], ["tile:dots"], n_train_good=0, n_test_good=3, n_test_defect_per_type=1, size=48
-    )
-    for root in roots.values():
-        prepare("mvtec", root)
-    return roots
+def data(train_heldout_data) -> dict[str, Path]:
+    return train_heldout_data
 
 
-def run(data, folder: Path, cache: Path | None = None, dtype: str = "fp32") -> dict:
+def run(data, folder: Path, cache: Path | None = None, dtype: str = "fp32", progress: bool = False) -> dict:
     body = {
         "seed": 1,
         "device": "cpu",
@@ -59,7 +49,7 @@ def run(data, folder: Path, cache: Path | None = None, dtype: str = "fp32") -> d
     folder.mkdir()
     (folder / "recipe.yaml").write_text(yaml.safe_dump(body))
     out = folder / "run"
-    return train_mod.run(load_config(folder / "recipe.yaml", out), out, progress=False)
+    return train_mod.run(load_config(folder / "recipe.yaml", out), out, progress=progress)
 
 
 def heads(metrics_dir: Path) -> dict[str, torch.Tensor]:
@@ -68,19 +58,6 @@ def heads(metrics_dir: Path) -> dict[str, torch.Tensor]:
         for k, v in load_file(str(metrics_dir / "model.safetensors")).items()
         if not k.startswith("backbone.")
     }
-
-
-@pytest.fixture
-def backbone_images(monkeypatch) -> list[int]:
-    """The number of images of each backbone pass."""
-    calls, real = [], Backbone.encode_image
-
-    def counted(self, images, layers=None):
-        calls.append(images.shape[0])
-        return real(self, images, layers)
-
-    monkeypatch.setattr(Backbone, "encode_image", counted)
-    return calls
 
 
 @pytest.fixture(scope="module")
@@ -157,6 +134,16 @@ def test_evaluate_cli_with_a_cache_gives_the_same_metrics(data, uncached, tmp_pa
     warm = evaluate("warm", "--feature-cache", str(tmp_path / "cache"))
     assert sum(backbone_images) == 8  # nothing more
     assert plain["per_class"] == cold["per_class"] == warm["per_class"]
+    counts = lambda r: {k: r["feature_cache"][k] for k in ("hits", "computed", "damaged", "written")}  # noqa: E731
+    assert plain["feature_cache"] is None
+    assert counts(cold) == {"hits": 0, "computed": 8, "damaged": 0, "written": 8}
+    assert counts(warm) == {"hits": 8, "computed": 0, "damaged": 0, "written": 0}
+    for entry in entries(tmp_path / "cache")[:2]:
+        entry.write_bytes(entry.read_bytes()[:-1000])
+    damaged = evaluate("damaged", "--feature-cache", str(tmp_path / "cache"), "--num-workers", "1")
+    # read (and found damaged) in the DataLoader's worker process, counted in the main one
+    assert counts(damaged) == {"hits": 6, "computed": 2, "damaged": 2, "written": 2}
+    assert damaged["per_class"] == plain["per_class"]
     assert plain["map_size"] == 48  # pixel metrics at the model input size by default
     assert evaluate("small", "--map-size", "16")["map_size"] == 16
 
@@ -270,3 +257,23 @@ def test_an_unusable_cache_folder_is_a_clear_error(tmp_path):
     (tmp_path / "file").write_text("not a folder")
     with pytest.raises(FeatureCacheError, match="feature cache .*file: cannot create"):
         FeatureCache(tmp_path / "file", model.backbone, model.config.layers, torch.float32)
+
+
+def test_progress_bars_in_a_log_show_the_true_count_at_their_interval(data, tmp_path, capsys):
+    """Written to a file or pipe (not a terminal), a bar prints its start and its end (and a line every
+    LOG_INTERVAL seconds in between), not a line per batch with a stale count."""
+    started = time.monotonic()
+    run(data, tmp_path / "logged", tmp_path / "cache", progress=True)
+    elapsed = time.monotonic() - started
+    segments = [s.strip() for s in re.split(r"[\r\n]", capsys.readouterr().err) if s.strip()]
+    bars = {
+        "epoch 1/2": 4,
+        "epoch 2/2": 4,
+        "evaluate untrained on heldout": 8,
+        "evaluate trained on heldout": 8,
+    }
+    for desc, total in bars.items():
+        lines = [s for s in segments if s.startswith(desc)]
+        assert 1 <= len(lines) <= 2 + elapsed // LOG_INTERVAL, lines
+        assert f"{total}/{total}" in lines[-1], lines
+    assert "loss=" in [s for s in segments if s.startswith("epoch 1/2")][-1]  # shown at the bar's redraws

@@ -78,8 +78,8 @@ def prompt_name(cls_name: str) -> str:
 
 class MetaDataset(Dataset):
     """Items: image (3, S, S) CLIP-normalised, mask (M, M) bool, has_mask, label, class_name, cls_name,
-    path, index. With a feature cache also feature_key and features (the cached BackboneFeatures, or
-    None); image is then None when features are cached. Batch them with `collate`."""
+    path, index. With a feature cache also feature_key, feature_damaged and features (the cached
+    BackboneFeatures, or None); image is then None when features are cached. Batch them with `collate`."""
 
     def __init__(
         self,
@@ -119,9 +119,7 @@ class MetaDataset(Dataset):
         if (
             self.features is not None
         ):  # the entry when there is a valid one, else the image to compute it from
-            key = self.features.image_key(path) if path.is_file() else ""
-            cached = self.features.load(key) if key else None
-            item = {"feature_key": key, "features": cached}
+            item = self.features.lookup(path)
         if item.get("features") is None:
             item["image"] = to_tensor(load_image(path), self.image_size, self.mean, self.std)
         else:

@@ -16,8 +16,6 @@ Runs under torchrun too: each process takes a share of every class and the resul
 from __future__ import annotations
 
 import argparse
-import csv
-import io
 import json
 import math
 import random
@@ -29,7 +27,6 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Subset
-from tqdm import tqdm
 
 from training.config import Eval, Optim, TrainConfig, TrainConfigError
 from training.data import MetaDataset, MetaError, collate, resolve_meta
@@ -44,26 +41,18 @@ from training.distributed import (
     shard,
 )
 from training.feature_cache import STORAGE, FeatureCache, batch_inputs
+from training.progress import progress_bar
+from training.report import METRICS, markdown_table, write_results
 from wmoe import load_model
 from wmoe import metrics as M
 from wmoe.errors import EXIT_ERROR, EXIT_OK, WMoEError
 from wmoe.features import BackboneFeatures
-from wmoe.precision import dtype_name
+from wmoe.precision import autocast, dtype_name
 from wmoe.preprocess import load_image, to_tensor
 from wmoe.references import MAX_REFERENCES, bank, reference_map
 from wmoe.references import combine as with_references
-from wmoe.render import class_routing_chart
 from wmoe.routing import summarize_routing
 
-METRICS = (
-    "image_auroc",
-    "image_ap",
-    "image_f1_max",
-    "pixel_auroc",
-    "pixel_ap",
-    "pixel_f1_max",
-    "pixel_aupro",
-)
 PIXEL = METRICS[3:]
 
 
@@ -79,6 +68,7 @@ def evaluate(
     progress: bool = True,
     desc: str | None = None,
     references: dict[str, list[Path]] | None = None,
+    trained: bool = False,
 ) -> dict | None:
     """Metrics of `model` on `dataset`, class by class: {"mean", "per_class", "counts", "images", "map_size",
     "routing"}; routing: {class: `RoutingSummary.to_dict()`}, or None for a model without SA-MoE.
@@ -87,20 +77,19 @@ def evaluate(
     Pixel metrics use only images whose masks are known (see training/data.py); a class with a single
     label gives NaN for that metric, and the mean skips NaN (wmoe.metrics.macro_mean).
     references: {class: normal image files} for the few-shot protocol (`draw_shots`): each image's map and
-    score then combine the zero-shot output with its reference map (`wmoe.references`).
+    score then combine the zero-shot output with its reference map as the Detector does
+    (`wmoe.references.combine`; trained: whether the model was trained, else the reference part alone).
     """
     world = world or World(device=next(model.parameters()).device)
     was_training = model.training
     model.eval()
     size = dataset.mask_size
     total = sum(len(shard(dataset.indices_of(c), world)) for c in dataset.classes)
-    bar = tqdm(
+    bar = progress_bar(
         total=total,
         desc=desc or f"evaluate {dataset.name}",
         unit="img",
         disable=not (progress and world.main),
-        dynamic_ncols=True,
-        mininterval=0.5 if sys.stderr.isatty() else 15,
     )
     per_class, counts, routing = {}, {}, {}
     try:
@@ -115,6 +104,7 @@ def evaluate(
                 num_workers,
                 bar,
                 class_references(model, (references or {}).get(cls), world.device, dtype),
+                trained,
             )
             rows = {k: all_gather_rows(v, world) for k, v in rows.items()}
             if world.main:
@@ -143,7 +133,7 @@ def class_references(model, paths: list[Path] | None, device: torch.device, dtyp
     net = getattr(model, "module", model)
     bb = net.backbone
     x = torch.stack([to_tensor(load_image(p), bb.image_size, bb.mean, bb.std) for p in paths]).to(device)
-    with torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32):
+    with autocast(device, dtype):
         return bank(net.encode(x, net.config.layers), net.config.layers)
 
 
@@ -177,6 +167,7 @@ def _predict(
     num_workers: int,
     bar,
     refs=None,
+    trained: bool = False,
 ) -> dict[str, torch.Tensor]:
     """This process's share of one class: index, label, score of every image; map and mask of the images whose
     masks are known (the others need no pixels kept)."""
@@ -204,21 +195,16 @@ def _predict(
         inputs = batch_inputs(
             batch, model, subset.dataset.features, device, dtype
         )  # images, or their features
-        with torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32):
+        with autocast(device, dtype):
             if refs is None:
                 pred = model(inputs, list(batch["class_name"]))
             else:  # few-shot: the same features serve the heads and the reference map
                 net = getattr(model, "module", model)
                 features = inputs if isinstance(inputs, BackboneFeatures) else net.encode(inputs)
                 pred = model(features, list(batch["class_name"]))
-                grid = reference_map(features, refs, net.config.layers).float()
-                hw = tuple(pred.anomaly_map.shape[-2:])
-                ref = F.interpolate(grid[:, None], size=hw, mode="bilinear", align_corners=False)[:, 0]
-                pred.anomaly_map, pred.image_score = with_references(
-                    pred.anomaly_map.float(),
-                    ref.clamp(0, 1),
-                    pred.image_score.float(),
-                    grid.flatten(1).amax(1),
+                grid = reference_map(features, refs, net.config.layers)
+                pred.anomaly_map, pred.image_score, _, _ = with_references(
+                    pred.anomaly_map, pred.image_score, grid, trained=trained
                 )
         known = batch["has_mask"].bool()
         out["index"].append(batch["index"].long())
@@ -283,128 +269,8 @@ def combine(results: dict[str, dict]) -> dict:
     }
 
 
-def _pct(v: float) -> str:
-    return "n/a" if v is None or math.isnan(v) else f"{100 * v:.1f}"
-
-
-def markdown_table(result: dict) -> str:
-    """Per-class rows and a mean row, metrics x100 with one decimal; n/a where a class has a single label."""
-    head = "| class | images | anomalous | " + " | ".join(METRICS) + " |"
-    lines = [head, "|" + "---|" * (3 + len(METRICS))]
-    for cls, m in result["per_class"].items():
-        c = result["counts"][cls]
-        lines.append(
-            f"| {cls} | {c['images']} | {c['anomalous']} | " + " | ".join(_pct(m[k]) for k in METRICS) + " |"
-        )
-    for name, m in (result.get("per_dataset") or {}).items():
-        lines.append(
-            f"| **{name} (mean)** | | | " + " | ".join(_pct(m.get(k, math.nan)) for k in METRICS) + " |"
-        )
-    lines.append(
-        f"| **mean** | {result['images']} | | "
-        + " | ".join(_pct(result["mean"].get(k, math.nan)) for k in METRICS)
-        + " |"
-    )
-    return "\n".join(lines) + "\n"
-
-
-def csv_text(result: dict) -> str:
-    """One row per class and a final "mean" row; metrics as fractions in 0..1 (nan where undefined)."""
-    buf = io.StringIO()
-    w = csv.writer(buf, lineterminator="\n")
-    w.writerow(["class", "images", "anomalous", "pixel_annotated", *METRICS])
-    for cls, m in result["per_class"].items():
-        c = result["counts"][cls]
-        w.writerow(
-            [cls, c["images"], c["anomalous"], c["pixel_annotated"], *(f"{m[k]:.6f}" for k in METRICS)]
-        )
-    w.writerow(
-        ["mean", result["images"], "", "", *(f"{result['mean'].get(k, math.nan):.6f}" for k in METRICS)]
-    )
-    return buf.getvalue()
-
-
-def routing_table(result: dict) -> str:
-    """Each class's mean routing weight per expert and its mean routing entropy (nats, and over ln E)."""
-    routing = result.get("routing")
-    if not routing:
-        return "This model has no SA-MoE: there are no routing weights to report.\n"
-    experts = len(next(iter(routing.values()))["mean_weights"])
-    head = "| class | images | " + " | ".join(f"expert {e + 1}" for e in range(experts))
-    lines = [head + " | entropy (nats) | entropy / ln E |", "|---|---:|" + "---:|" * (experts + 2)]
-    for cls, r in routing.items():
-        weights = " | ".join(f"{w:.3f}" for w in r["mean_weights"])
-        lines.append(
-            f"| {cls} | {r['images']} | {weights} | {r['entropy']:.3f} | {r['normalized_entropy']:.3f} |"
-        )
-    return "\n".join(lines) + "\n"
-
-
-def routing_csv(result: dict) -> str:
-    """One row per class: images, mean weight of each expert, entropy (nats) and entropy / ln E."""
-    routing = result["routing"]
-    experts = len(next(iter(routing.values()))["mean_weights"])
-    buf = io.StringIO()
-    w = csv.writer(buf, lineterminator="\n")
-    w.writerow(
-        [
-            "class",
-            "images",
-            *(f"weight_expert{e + 1}" for e in range(experts)),
-            "entropy",
-            "normalized_entropy",
-        ]
-    )
-    for cls, r in routing.items():
-        w.writerow(
-            [
-                cls,
-                r["images"],
-                *(f"{x:.6f}" for x in r["mean_weights"]),
-                f"{r['entropy']:.6f}",
-                f"{r['normalized_entropy']:.6f}",
-            ]
-        )
-    return buf.getvalue()
-
-
-def to_json(obj) -> str:
-    """JSON with NaN written as null (strict JSON readers reject NaN)."""
-
-    def clean(v):
-        if isinstance(v, float) and not math.isfinite(v):
-            return None
-        if isinstance(v, dict):
-            return {k: clean(x) for k, x in v.items()}
-        if isinstance(v, (list, tuple)):
-            return [clean(x) for x in v]
-        return v
-
-    return json.dumps(clean(obj), indent=2) + "\n"
-
-
-def write_results(result: dict, out: str | Path, extra: dict | None = None, title: str = "") -> None:
-    """results.md, results.csv and metrics.json in `out`; routing.csv and routing.png for a model with SA-MoE."""
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    note = "Metrics x100, one decimal; n/a = undefined (a class with a single label, or no pixel masks).\n"
-    routing = (
-        "\n## SA-MoE routing per class\n\nMean routing weight of each expert over the class's images, and the "
-        "mean of the images' routing entropies (ln E = uniform routing, 0 = one expert per image).\n\n"
-        + routing_table(result)
-    )
-    (out / "results.md").write_text(
-        (f"# {title}\n\n" if title else "") + note + "\n" + markdown_table(result) + routing
-    )
-    if result.get("routing"):
-        (out / "routing.csv").write_text(routing_csv(result))
-        chart = {c: (r["mean_weights"], r["normalized_entropy"]) for c, r in result["routing"].items()}
-        class_routing_chart(chart).save(out / "routing.png")
-    (out / "results.csv").write_text(csv_text(result))
-    (out / "metrics.json").write_text(to_json({**result, **(extra or {})}))
-
-
-def main(argv: list[str] | None = None) -> int:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """The command line, checked by the rules of the recipe's fields of the same names."""
     ap = argparse.ArgumentParser(prog="python -m training.evaluate", description=__doc__.splitlines()[0])
     ap.add_argument(
         "--checkpoint", required=True, help="checkpoint folder (config.json + model.safetensors) or Hub id"
@@ -446,12 +312,18 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     if not 0 <= args.shots <= MAX_REFERENCES:
         ap.error(f"--shots must be 0..{MAX_REFERENCES}")
-    try:  # the rules of the recipe's fields of the same names (training/config.py)
+    try:
         Eval(batch_size=args.batch_size, map_size=args.map_size)
         Optim(num_workers=args.num_workers)
         TrainConfig.check_cpu_threads(args.cpu_threads)
     except TrainConfigError as e:
         ap.error("--" + str(e).replace("_", "-", 1))
+    return args
+
+
+def run(args: argparse.Namespace) -> dict | None:
+    """Evaluate `args.checkpoint` on `args.data` and write the reports in `args.out` (training/report.py);
+    the result with the run's record on the main process, None on the others. Raises WMoEError."""
     world, threads = None, torch.get_num_threads()
     if args.cpu_threads:
         torch.set_num_threads(args.cpu_threads)
@@ -476,7 +348,8 @@ def main(argv: list[str] | None = None) -> int:
             mask_size=map_side(args.map_size, size),
             features=cache,
         )
-        if world.main and not info.get("trained"):
+        trained = bool(info.get("trained"))
+        if world.main and not trained:
             print(f"note: {args.checkpoint} is marked UNTRAINED in its config.json", file=sys.stderr)
         shots = None
         if args.shots:
@@ -491,36 +364,49 @@ def main(argv: list[str] | None = None) -> int:
             num_workers=args.num_workers,
             progress=not args.no_progress,
             references=shots,
+            trained=trained,
         )
-        if world.main:
-            extra = {
-                "checkpoint": str(args.checkpoint),
-                "trained": bool(info.get("trained")),
-                "data": str(args.data),
-                "meta": str(args.meta),
-                "classes": args.classes,
-                "device": str(world.device),
-                "precision": dtype_name(dtype),
-                "processes": world.size,
-                "seconds": round(time.perf_counter() - start, 2),
-                "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-                "shots": args.shots,
-                "shot_seed": args.shot_seed if args.shots else None,
-                "references": {
-                    c: [str(Path(p).relative_to(args.data)) for p in v] for c, v in (shots or {}).items()
-                },
-            }
-            protocol = f", {args.shots}-shot (seed {args.shot_seed})" if args.shots else ", zero-shot"
-            write_results(result, args.out, extra, title=f"{args.checkpoint} on {args.data}{protocol}")
-            print(markdown_table(result), end="")
-            print(f"wrote {Path(args.out) / 'results.md'}, results.csv, metrics.json")
-    except WMoEError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return EXIT_ERROR
+        feature_cache = cache.report(world) if cache is not None else None  # every process
+        if not world.main:
+            return None
+        result = {
+            **result,
+            "checkpoint": str(args.checkpoint),
+            "trained": trained,
+            "data": str(args.data),
+            "meta": str(args.meta),
+            "classes": args.classes,
+            "device": str(world.device),
+            "precision": dtype_name(dtype),
+            "processes": world.size,
+            "seconds": round(time.perf_counter() - start, 2),
+            "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "shots": args.shots,
+            "shot_seed": args.shot_seed if args.shots else None,
+            "references": {
+                c: [str(Path(p).relative_to(args.data)) for p in v] for c, v in (shots or {}).items()
+            },
+            "feature_cache": feature_cache,
+        }
+        protocol = f", {args.shots}-shot (seed {args.shot_seed})" if args.shots else ", zero-shot"
+        write_results(result, args.out, title=f"{args.checkpoint} on {args.data}{protocol}")
+        return result
     finally:
         torch.set_num_threads(threads)
         if world is not None:
             close_world(world)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        result = run(args)
+    except WMoEError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_ERROR
+    if result is not None:
+        print(markdown_table(result), end="")
+        print(f"wrote {Path(args.out) / 'results.md'}, results.csv, metrics.json")
     return EXIT_OK
 
 

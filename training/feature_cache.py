@@ -39,10 +39,11 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load, save_file
 
+from training.distributed import World, all_reduce
 from wmoe.backbone import Backbone
 from wmoe.errors import WMoEError
 from wmoe.features import BackboneFeatures
-from wmoe.precision import DTYPES
+from wmoe.precision import DTYPES, autocast
 from wmoe.preprocess import PREPROCESSING
 
 FORMAT = 1
@@ -56,8 +57,8 @@ class FeatureCacheError(WMoEError, OSError):
 
 @dataclass
 class CacheStats:
-    """Counts of this process (damaged entries are counted where they are read: in DataLoader workers
-    when there are some)."""
+    """Counts of this process. Entries read by a dataset (`lookup`, maybe in a DataLoader worker) are
+    counted when their batch reaches `batch_inputs` in this process, so no count stays in a worker."""
 
     hits: int = 0
     computed: int = 0  # images that went through the backbone (no entry, or a damaged one)
@@ -122,12 +123,32 @@ class FeatureCache:
 
     def load(self, key: str) -> BackboneFeatures | None:
         """The features of image `key` (a batch of one, in the precision the backbone produced), or None
-        when there is no entry or the entry is damaged (then it is reported and will be rewritten)."""
+        when there is no entry or the entry is damaged (then it is reported, counted and will be rewritten)."""
+        features, damaged = self._read(key)
+        self.stats.damaged += damaged
+        return features
+
+    def lookup(self, path: str | Path) -> dict:
+        """A dataset item's cache fields for an image file: feature_key, features (None when there is no
+        usable entry) and feature_damaged (1 for a damaged entry), which `batch_inputs` counts."""
+        path = Path(path)
+        key = self.image_key(path) if path.is_file() else ""
+        features, damaged = self._read(key) if key else (None, False)
+        return {"feature_key": key, "features": features, "feature_damaged": int(damaged)}
+
+    def report(self, world: World) -> dict:
+        """The folder, storage and this run's counts summed over processes (every process must call it)."""
+        keys = ("hits", "computed", "damaged", "written")
+        total = all_reduce(torch.tensor([getattr(self.stats, k) for k in keys], dtype=torch.long), world)
+        return {"dir": str(self.dir), "storage": self.storage, **dict(zip(keys, total.tolist(), strict=True))}
+
+    def _read(self, key: str) -> tuple[BackboneFeatures | None, bool]:
+        """(features or None, whether the entry was damaged); a damaged entry is logged."""
         path = self.path(key)
         try:
             data = path.read_bytes()
         except FileNotFoundError:
-            return None
+            return None, False
         try:
             meta = _metadata(data)
             tensors = load(data)
@@ -139,16 +160,16 @@ class FeatureCache:
             patches = {k: tensors[f"layer.{k}"] for k in self.layers}
             grid, size = json.loads(meta["grid"]), json.loads(meta["input"])
         except (SafetensorError, ValueError, KeyError, TypeError) as e:
-            self.stats.damaged += 1
             log.warning("feature cache: damaged entry %s (%s); recomputing it", path, e)
-            return None
+            return None, True
         cast = lambda name, t: t.to(getattr(torch, dtypes[name]))[None]  # noqa: E731
-        return BackboneFeatures(
+        features = BackboneFeatures(
             cast("embedding", tensors["embedding"]),
             {k: cast(f"layer.{k}", v) for k, v in patches.items()},
             tuple(grid),
             tuple(size),
         )
+        return features, False
 
     def store(self, key: str, features: BackboneFeatures) -> BackboneFeatures:
         """Write the entry of image `key` (features: a batch of one); a full disk turns writing off.
@@ -249,10 +270,11 @@ def batch_inputs(batch: dict, model, cache: FeatureCache | None, device: torch.d
     missing = [i for i, f in enumerate(features) if f is None]
     if missing:
         images = torch.stack([batch["image"][i] for i in missing]).to(device, non_blocking=True)
-        with torch.no_grad(), torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32):
+        with torch.no_grad(), autocast(device, dtype):
             computed = model.encode(images, cache.layers)
         for j, i in enumerate(missing):
             features[i] = cache.store(batch["feature_key"][i], computed.item(j))
     cache.stats.computed += len(missing)
     cache.stats.hits += len(features) - len(missing)
+    cache.stats.damaged += int(sum(batch["feature_damaged"]))
     return BackboneFeatures.cat([f.to(device) for f in features])

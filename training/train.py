@@ -46,10 +46,12 @@ from training.distributed import (
     close_world,
     init_world,
 )
-from training.evaluate import combine, map_side, markdown_table, to_json, write_results
+from training.evaluate import combine, map_side
 from training.evaluate import evaluate as evaluate_dataset
 from training.feature_cache import STORAGE, FeatureCache, batch_inputs
 from training.prepare_data import prepare
+from training.progress import progress_bar, show
+from training.report import markdown_table, to_json, write_results
 from training.state import (
     StateSaveError,
     capture_rng,
@@ -65,7 +67,7 @@ from wmoe import WMoECLIP, save_pretrained
 from wmoe.checkpoint import upload_checkpoint
 from wmoe.errors import EXIT_ERROR, EXIT_OK, EXIT_PUBLISH_FAILED, WMoEError
 from wmoe.loss import wmoe_loss
-from wmoe.precision import dtype_name
+from wmoe.precision import autocast, dtype_name
 
 STATE_DIR = "checkpoints"
 LOG_NAME = "train_log.jsonl"
@@ -213,14 +215,7 @@ class Trainer:
 
     def cache_report(self) -> dict:
         """The feature cache's folder and this run's counts, summed over processes."""
-        stats = self.cache.stats
-        keys = ("hits", "computed", "damaged", "written")
-        total = all_reduce(torch.tensor([getattr(stats, k) for k in keys], dtype=torch.long), self.world)
-        return {
-            "dir": str(self.cache.dir),
-            "storage": self.cache.storage,
-            **dict(zip(keys, total.tolist(), strict=True)),
-        }
+        return self.cache.report(self.world)
 
     def evaluate(self, label: str) -> dict | None:
         """Every evaluation dataset, combined on the main process (None elsewhere, or without datasets)."""
@@ -306,15 +301,13 @@ class Trainer:
                 pin_memory=self.world.device.type == "cuda",
                 generator=torch.Generator().manual_seed(cfg.seed * 1000 + self.epoch),
             )
-            bar = tqdm(
+            bar = progress_bar(
                 loader,
                 desc=f"epoch {self.epoch + 1}/{cfg.optim.epochs}",
                 unit="batch",
                 initial=self.batch_in_epoch,
                 total=per_epoch,
                 disable=not (self.progress and self.world.main),
-                dynamic_ncols=True,
-                mininterval=0.5 if sys.stderr.isatty() else 15,
             )
             for batch in bar:
                 tick = time.perf_counter()
@@ -337,7 +330,7 @@ class Trainer:
                         "time": round(time.time(), 3),
                     }
                 )
-                bar.set_postfix(loss=f"{parts['total']:.4f}", img_s=f"{images_per_s:.0f}")
+                show(bar, loss=f"{parts['total']:.4f}", img_s=f"{images_per_s:.0f}")
                 every = cfg.checkpoint.every_steps
                 if every and self.step % every == 0 and self.batch_in_epoch < per_epoch:
                     self.save_state()
@@ -350,7 +343,7 @@ class Trainer:
         """One optimiser step; stops the run (every process) on a non-finite loss or gradient norm."""
         device = self.world.device
         inputs = batch_inputs(batch, self.model, self.cache, device, self.dtype)  # images, or their features
-        with torch.autocast(device.type, dtype=self.dtype, enabled=self.dtype != torch.float32):
+        with autocast(device, self.dtype):
             out = self.net(inputs, list(batch["class_name"]))
         loss, parts = wmoe_loss(
             out,

@@ -18,7 +18,7 @@ from .config import DEFAULT_CLASS, WMoEConfig
 from .errors import ArgumentError
 from .features import BackboneFeatures, FeatureMismatchError
 from .model import WMoECLIP
-from .precision import dtype_name, resolve_dtype
+from .precision import autocast, dtype_name, resolve_dtype
 from .preprocess import ImageInput, load_image, to_tensor
 from .references import CACHE as REFERENCES
 from .references import ReferenceFeatures, bank, combine, content_key, load_references, reference_map
@@ -44,7 +44,7 @@ class Prediction:
     uncertainty_map: np.ndarray | None = None  # (h, w) when CTDS sampling was asked for
     timings: dict[str, float] = field(default_factory=dict)  # seconds per stage
     notes: list[str] = field(default_factory=list)  # what was adjusted in the input, in plain words
-    # with reference images (wmoe.references): score and anomaly_map combine these two parts
+    # with reference images: score and anomaly_map combine these two parts (wmoe.references.combine)
     zero_shot_map: np.ndarray | None = None  # (H, W) the map without references (anomaly_map itself without)
     zero_shot_score: float | None = None
     reference_map: np.ndarray | None = None  # (H, W) in [0, 1]: distance to the nearest reference patch
@@ -184,7 +184,8 @@ class Detector:
 
         references: normal images of the same part (paths, bytes, PIL images, arrays; at most
         `wmoe.references.MAX_REFERENCES`): each prediction then also has a `reference_map`, and its
-        `anomaly_map` and `score` combine both parts (see `wmoe.references`).
+        `anomaly_map` and `score` combine both parts, or are the reference part alone for an untrained
+        detector (`wmoe.references.combine`).
         """
         self._names(class_names, len(images))
         refs = self.reference_features(references)  # a bad reference fails before the images' pass
@@ -291,7 +292,7 @@ class Detector:
         ]
 
     def _autocast(self):
-        return torch.autocast(self.device.type, dtype=self.dtype, enabled=self.dtype != torch.float32)
+        return autocast(self.device, self.dtype)
 
     @staticmethod
     def _names(class_names: str | Sequence[str], n: int) -> list[str]:
@@ -356,10 +357,17 @@ class Detector:
             pred.uncertainty_map = resize(out.uncertainty_map[i][None], detail)[0]
         pred.zero_shot_map, pred.zero_shot_score = pred.anomaly_map, pred.score
         if ref is not None:
-            pred.reference_map, pred.references = clip01(resize(ref[0][None])[0]), ref[1]
-            pred.reference_score = float(ref[0].max())
-            pred.anomaly_map, pred.score = combine(
-                pred.zero_shot_map, pred.reference_map, pred.zero_shot_score, pred.reference_score
+            amap, score, rmap, rscore = combine(
+                torch.from_numpy(pred.zero_shot_map)[None],
+                torch.tensor([pred.score]),
+                ref[0][None].cpu(),
+                trained=self.trained,
+            )
+            pred.anomaly_map, pred.score = amap[0].numpy(), float(score[0])
+            pred.reference_map, pred.reference_score, pred.references = (
+                rmap[0].numpy(),
+                float(rscore[0]),
+                ref[1],
             )
         return pred
 

@@ -40,3 +40,9 @@ def full_precision(device: torch.device | str):
     divided by a temperature (0.07) compute inside this, at a negligible cost next to the backbone.
     """
     return torch.autocast(torch.device(device).type, enabled=False)
+
+
+def autocast(device: torch.device | str, dtype: torch.dtype):
+    """Autocast to `dtype` on `device`'s type, switched off for float32: the one way every pass (detector,
+    training, evaluation, feature cache, benchmarks) enters its compute precision."""
+    return torch.autocast(torch.device(device).type, dtype=dtype, enabled=dtype != torch.float32)

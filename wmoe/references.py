@@ -7,9 +7,13 @@ distance of a patch is (1 - s) / 2 with s its largest cosine similarity to any r
 it is 0 where the references hold an identical patch and at most 1; the reference map is the mean
 over the layers, on the patch grid, then resized (bilinear) to the image's size.
 
-Combined with the zero-shot output: `anomaly_map = (zero_shot_map + reference_map) / 2` and
+Combined with the zero-shot output (`combine`, the one place of this rule, used by the Detector and by
+`training.evaluate --shots`): for a trained model `anomaly_map = (zero_shot_map + reference_map) / 2` and
 `score = (zero_shot_score + reference_score) / 2`, the reference score being the largest patch distance
-(the reference map's maximum on the patch grid) (`combine`).
+(the reference map's maximum on the patch grid); for a model never trained (the training-free plain-CLIP
+baseline, or a checkpoint marked untrained) the reference map and score alone, since that zero-shot map is
+measured below chance (pixel AUROC 38.4 on MVTec AD for plain CLIP, AnomalyCLIP Table 1) and averaging
+would dilute the reference map.
 
 The references' features are computed once per reference set (their decoded pixels, the backbone,
 layers, device and precision) and kept in a small cache (`ReferenceCache`, `MAX_CACHED_SETS` sets),
@@ -105,11 +109,24 @@ def reference_map(features: BackboneFeatures, refs: ReferenceFeatures, layers: S
     return (total / len(layers)).unflatten(-1, (h, w))
 
 
-def combine(zero_shot_map, ref_map, zero_shot_score, reference_score):
-    """(anomaly map, score) of the zero-shot and reference parts: the mean of the two maps, and the mean
-    of the zero-shot score and the reference score (the largest patch distance, `reference_map`'s maximum
-    on the patch grid, which no resizing changes). Maps (..., H, W), scores (...): numpy or torch."""
-    return (zero_shot_map + ref_map) / 2, (zero_shot_score + reference_score) / 2
+def combine(
+    zero_shot_map: torch.Tensor, zero_shot_score: torch.Tensor, grid: torch.Tensor, *, trained: bool
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The zero-shot part and the reference part of a batch as one result.
+
+    zero_shot_map (B, H, W) and zero_shot_score (B,): the model's output at any size; grid (B, h, w):
+    `reference_map`'s output on the patch grid. Returns (anomaly_map (B, H, W), score (B,), reference map
+    (B, H, W): the grid resized bilinearly to (H, W) and clipped to [0, 1], reference score (B,): the grid's
+    maximum, which no resizing changes). trained: whether the zero-shot part was ever trained. A trained
+    one is averaged with the reference part (map and score); an untrained one (the plain-CLIP baseline
+    scores below chance) is left out, so the reference map and score are returned alone.
+    """
+    size = tuple(zero_shot_map.shape[-2:])
+    ref = F.interpolate(grid[:, None].float(), size=size, mode="bilinear", align_corners=False)[:, 0]
+    ref, ref_score = ref.clamp(0, 1), grid.float().flatten(1).amax(1)
+    if not trained:
+        return ref, ref_score, ref, ref_score
+    return (zero_shot_map.float() + ref) / 2, (zero_shot_score.float() + ref_score) / 2, ref, ref_score
 
 
 class ReferenceCache:
