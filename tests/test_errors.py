@@ -69,10 +69,14 @@ ALLOWED_BUILTIN_RAISES = {
     ("wmoe/__init__.py", "__getattr__", "AttributeError"): "a module's __getattr__ protocol",
     (
         "training/feature_cache.py",
-        "FeatureCache.load",
+        "FeatureCache._read",
         "ValueError",
     ): "caught there: a damaged entry is recomputed",
-    ("training/feature_cache.py", "_metadata", "ValueError"): "caught by FeatureCache.load (a damaged entry)",
+    (
+        "training/feature_cache.py",
+        "_metadata",
+        "ValueError",
+    ): "caught by FeatureCache._read (a damaged entry)",
     ("training/state.py", "load_latest", "ValueError"): "caught there: an unreadable state is skipped",
     ("training/registry.py", "Registry.register.deco", "ValueError"): "a name registered twice is a code bug",
     ("training/prepare_data.py", "_validate", "AssertionError"): "checks the loaders' own output (a bug)",

@@ -50,6 +50,7 @@ import torch.nn.functional as F
 from .backbone import Backbone
 from .config import DEFAULT_CLASS, WMoEConfig
 from .detector import Prediction, default_device, detail_size
+from .errors import ArgumentError
 from .preprocess import ImageInput, load_image, to_tensor
 from .references import content_key, load_references
 
@@ -117,7 +118,7 @@ def window_masks(grid: tuple[int, int], size: int, stride: int = 1) -> torch.Ten
     `stride` over a (rows, cols) grid, windows in row-major order of their top-left patch."""
     rows, cols = grid
     if size > min(rows, cols) or size < 1:
-        raise ValueError(f"window of {size} patches does not fit the {rows} x {cols} grid")
+        raise ArgumentError(f"window of {size} patches does not fit the {rows} x {cols} grid")
     index = torch.arange(rows * cols).reshape(rows, cols)
     windows = index.unfold(0, size, stride).unfold(1, size, stride)  # (wr, wc, size, size)
     return windows.reshape(-1, size * size)
