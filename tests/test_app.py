@@ -23,7 +23,10 @@ from helpers import randomize_heads
 from PIL import Image
 
 import app
-import app_views
+import demo.models as demo_models
+from demo.analyze import CTDS_SAMPLES
+from demo.compare import ABLATIONS
+from demo.guards import gr
 from wmoe import WMoECLIP, WMoEConfig, save_pretrained
 from wmoe.render import routing_chart
 
@@ -94,7 +97,7 @@ def test_analyze_outputs(client, served, image_file):
     assert sum(result["expert_weights"]) == pytest.approx(1.0, abs=1e-4)
     assert result["decision"] == ("anomalous" if result["score"] >= 0.5 else "normal")
     assert result["image_size"] == [121, 173] and result["model"]["trained"] is False
-    assert f"Score {result['score']:.3f}" in score_md and app.UNTRAINED in score_md
+    assert f"Score {result['score']:.3f}" in score_md and demo_models.UNTRAINED in score_md
     png16 = Image.open(files[".png"])
     raw = np.load(files[".npy"])
     assert png16.mode.startswith("I;16") and png16.size == (173, 121) and raw.shape == (121, 173)
@@ -109,17 +112,16 @@ def test_analyze_outputs(client, served, image_file):
 
 def test_display_changes_redraw_without_running_the_model(served, image_file):
     """The page's redraw event (private: no endpoint for clients) draws from the stored prediction."""
-    views = app_views.Views(served.detector, None)
-    first = views.analyze(str(image_file), "brick wall", 0.5, 0.5, "fixed", False)
+    tab = app.build_page(served.detector, None).analyze
+    first = tab.analyze(str(image_file), "brick wall", 0.5, 0.5, "fixed", False)
     calls = len(served.calls)
-    overlay, score_md, experts, layers, uncertainty, downloads, _ = views.render(
-        first[-1], 0.2, 0.9, "stretch"
-    )
+    redrawn = tab.render(first[tab.state], 0.2, 0.9, "stretch")
+    overlay, score_md, downloads = redrawn[tab.overlay], redrawn[tab.score], redrawn[tab.downloads]
     assert len(served.calls) == calls  # the stored prediction was redrawn; the model did not run
-    assert not np.array_equal(np.asarray(Image.open(overlay)), np.asarray(Image.open(first[0])))
+    assert not np.array_equal(np.asarray(Image.open(overlay)), np.asarray(Image.open(first[tab.overlay])))
     assert "threshold 0.20" in score_md and "stretched per image" in score_md
     result = json.loads(Path(next(f for f in downloads if f.endswith(".json"))).read_text())
-    before = json.loads(Path(first[7][2]).read_text())
+    before = json.loads(Path(first[tab.downloads][2]).read_text())
     assert result["threshold"] == 0.2 and result["score"] == before["score"]
 
 
@@ -159,8 +161,15 @@ def test_mcp_server_lists_each_public_endpoint_as_a_described_tool(tiny_checkpoi
     finally:
         demo.close()
     assert set(tools) == {name.lstrip("/") for name in PUBLIC}
+    page = app.build_page(None)
+    handlers = {
+        "analyze": page.analyze,
+        "predict_json": page.analyze,
+        "compare": page.compare,
+        "batch": page.batch,
+    }
     for tool in tools.values():
-        first_line = getattr(app_views.Views, tool["name"]).__doc__.splitlines()[0]
+        first_line = getattr(handlers[tool["name"]], tool["name"]).__doc__.splitlines()[0]
         assert tool["description"].startswith(first_line) and "Returns: " in tool["description"]
         params = tool["inputSchema"]["properties"]
         assert params and all(len(p.get("description", "")) > 10 for p in params.values()), params
@@ -242,37 +251,60 @@ def test_batch_sorts_by_score_and_lists_unreadable_files(client, tmp_path):
 
 def test_gpu_task_gets_plain_arguments(served, image_file, monkeypatch):
     """On ZeroGPU the task's arguments travel pickled to a worker: the model goes by key, never by value."""
-    sent, task = [], app_views._predict
-    monkeypatch.setattr(app_views, "_predict", lambda *args: sent.append(args) or task(*args))
-    app_views.Views(served.detector, None).analyze(str(image_file), "brick wall", 0.5, 0.5, "fixed", True)
-    [(key, images, class_name, skip, samples, variants, references)] = sent
-    assert app_views.LOADED[key] is served.detector
+    sent, task = [], demo_models._predict
+    monkeypatch.setattr(demo_models, "_predict", lambda *args: sent.append(args) or task(*args))
+    page = app.build_page(served.detector, None)
+    page.analyze.analyze(str(image_file), "brick wall", 0.5, 0.5, "fixed", True)
+    [(key, images, class_name, samples, variants, references, detail_side)] = sent
+    assert demo_models.LOADED[key] is served.detector
     assert all(isinstance(im, Image.Image) for im in images) and class_name == "brick wall"
-    assert skip == frozenset() and samples == app_views.CTDS_SAMPLES and variants == () and references is None
+    assert samples == CTDS_SAMPLES and variants == () and references is None and isinstance(detail_side, int)
     sent.clear()
-    app_views.Views(served.detector, None).compare(str(image_file), "brick wall", 0.5, 0.5, "fixed")
-    [(key, images, class_name, _, _, variants, _)] = sent
-    assert app_views.LOADED[key] is served.detector and len(images) == 1
-    assert [(name, app_views.LOADED[k], s) for name, k, s in variants] == [
-        (name, served.detector, skip) for name, skip, _, _ in app_views.VARIANTS
+    page.compare.compare(str(image_file), "brick wall", 0.5, 0.5, "fixed")
+    [(key, images, class_name, _, variants, *_)] = sent
+    assert demo_models.LOADED[key] is served.detector and len(images) == 1
+    assert [(v.name, demo_models.LOADED[v.detector], v.skip, v.references) for v in variants] == [
+        (a.name, served.detector, a.skip, None) for a in ABLATIONS
     ]
 
 
 def test_untrained_checkpoint_shows_its_banner_and_serving_limits(served):
     config = page_config(served.url)
     banner = prop(config, "banner", "value")
-    assert app.UNTRAINED in banner and prop(config, "banner", "visible") is True
+    assert demo_models.UNTRAINED in banner and prop(config, "banner", "visible") is True
     assert prop(config, "run", "interactive") is not False
     assert config["max_file_size"] and config["max_file_size"] <= 50 * 2**20
     ids = {c.get("props", {}).get("elem_id") for c in config["components"]}
     assert {"input-image", "class-name", "run", "overlay", "score", "routing"} <= ids
 
 
+def test_panels_with_nothing_to_show_are_hidden(served, image_file):
+    """Uncertainty and Reference parts start hidden (not empty boxes); after a run the page's private
+    follow-up shows each one only when the run has something for it (tests/test_browser.py sees it drawn)."""
+    config = page_config(served.url)
+    assert (
+        prop(config, "uncertainty", "visible") is False
+        and prop(config, "reference-parts", "visible") is False
+    )
+    assert prop(config, "layers", "visible") is not False  # a panel every run fills is shown
+    tab = app.build_page(served.detector, None).analyze
+    plain = tab.analyze(str(image_file), "brick wall", 0.5, 0.5, "fixed", False)[tab.state]
+    sampled = tab.analyze(str(image_file), "brick wall", 0.5, 0.5, "fixed", True)[tab.state]
+    referenced = tab.analyze(
+        str(image_file), "brick wall", 0.5, 0.5, "fixed", False, references=[str(image_file)]
+    )
+    shown = lambda result: {c.elem_id: u["visible"] for c, u in tab.panels(result).items()}  # noqa: E731
+    assert shown(None) == shown(plain) == {"uncertainty": False, "reference-parts": False}
+    assert shown(sampled) == {"uncertainty": True, "reference-parts": False}
+    assert shown(referenced[tab.state]) == {"uncertainty": False, "reference-parts": True}
+    assert len(referenced[tab.parts]) == 2 and referenced[tab.uncertainty] is None
+
+
 def test_trained_checkpoint_has_no_untrained_banner(tmp_path):
     save_pretrained(WMoECLIP(WMoEConfig.tiny()), tmp_path, {"trained": True})
     detectors, baseline, notices = app.load_models(str(tmp_path))
     lines = app.status_lines(detectors, baseline, notices)
-    assert detectors[tmp_path.name].trained and not any(app.UNTRAINED in line for line in lines)
+    assert detectors[tmp_path.name].trained and not any(demo_models.UNTRAINED in line for line in lines)
     assert any("random weights" in line for line in lines)  # the tiny backbone is still no CLIP
 
 
@@ -458,11 +490,9 @@ def test_several_checkpoints_share_one_backbone_in_memory_and_in_compare(two_che
         assert "checkpoint" in {c["props"].get("elem_id") for c in page_config(url)["components"]}
     finally:
         demo.close()
-    views = app_views.Views(detectors, baseline)
-    with pytest.raises(
-        app_views.gr.Error, match="No checkpoint named gamma is loaded; choose one of: alpha, beta"
-    ):
-        views.predict_json(str(image_file), "brick wall", 0.5, "gamma")
+    tab = app.build_page(detectors, baseline).analyze
+    with pytest.raises(gr.Error, match="No checkpoint named gamma is loaded; choose one of: alpha, beta"):
+        tab.predict_json(str(image_file), "brick wall", 0.5, "gamma")
 
 
 def test_checkpoints_from_flags_or_the_space_variable(monkeypatch):
