@@ -12,15 +12,14 @@ import time
 import urllib.request
 import zipfile
 from pathlib import Path
-from types import SimpleNamespace
 
 import numpy as np
 import pytest
-from app_server import free_port, page_config, serve
 from gradio_client import Client, handle_file
 from gradio_client.exceptions import AppError
-from helpers import randomize_heads
 from PIL import Image
+from support.app_server import free_port, page_config, serve
+from support.helpers import randomize_heads
 
 import app
 import demo.models as demo_models
@@ -57,18 +56,9 @@ def count_model_runs(*detectors) -> list:
 
 
 @pytest.fixture(scope="module")
-def served(tiny_checkpoint):
-    detectors, baseline, notices = app.load_models(str(tiny_checkpoint))
-    detector = detectors[tiny_checkpoint.name]
-    calls = count_model_runs(detector, baseline)
-    demo, url = serve(detector, baseline, notices)
-    yield SimpleNamespace(url=url, calls=calls, detector=detector)
-    demo.close()
-
-
-@pytest.fixture
-def client(served):
-    return Client(served.url, verbose=False)
+def model_runs(served) -> list:
+    """The served demo's model runs (`count_model_runs`), from the first test that asks on."""
+    return count_model_runs(served.detector, served.baseline)
 
 
 @pytest.fixture(scope="module")
@@ -110,14 +100,14 @@ def test_analyze_outputs(client, served, image_file):
     assert all(stage in timings for stage in ("backbone", "wcma", "moe", "total"))
 
 
-def test_display_changes_redraw_without_running_the_model(served, image_file):
+def test_display_changes_redraw_without_running_the_model(served, model_runs, image_file):
     """The page's redraw event (private: no endpoint for clients) draws from the stored prediction."""
     tab = app.build_page(served.detector, None).analyze
     first = tab.analyze(str(image_file), "brick wall", 0.5, 0.5, "fixed", False)
-    calls = len(served.calls)
+    calls = len(model_runs)
     redrawn = tab.render(first[tab.state], 0.2, 0.9, "stretch")
     overlay, score_md, downloads = redrawn[tab.overlay], redrawn[tab.score], redrawn[tab.downloads]
-    assert len(served.calls) == calls  # the stored prediction was redrawn; the model did not run
+    assert len(model_runs) == calls  # the stored prediction was redrawn; the model did not run
     assert not np.array_equal(np.asarray(Image.open(overlay)), np.asarray(Image.open(first[tab.overlay])))
     assert "threshold 0.20" in score_md and "stretched per image" in score_md
     result = json.loads(Path(next(f for f in downloads if f.endswith(".json"))).read_text())
@@ -202,8 +192,8 @@ def test_bad_uploads_give_readable_errors(client, tmp_path):
     assert str(tmp_path) not in str(err.value)
 
 
-def test_compare_puts_the_variants_side_by_side(client, served, image_file):
-    calls = len(served.calls)
+def test_compare_puts_the_variants_side_by_side(client, served, model_runs, image_file):
+    calls = len(model_runs)
     gallery, table = client.predict(
         handle_file(str(image_file)), "brick wall", 0.5, 0.5, "fixed", api_name="/compare"
     )
@@ -215,7 +205,7 @@ def test_compare_puts_the_variants_side_by_side(client, served, image_file):
         "training-free CLIP baseline",
     ]
     assert [g["caption"].split(":")[0] for g in gallery] == names
-    assert served.calls[calls:] == [("backbone", 1)] + ["heads"] * 5  # one backbone pass for the 5 variants
+    assert model_runs[calls:] == [("backbone", 1)] + ["heads"] * 5  # one backbone pass for the 5 variants
     scores = [float(g["caption"].rsplit(" ", 1)[1]) for g in gallery]
     assert all(0 <= s <= 1 for s in scores) and len(set(scores)) > 1  # the variants really differ
     assert all(Image.open(g["image"]).size == (173, 121) for g in gallery)
@@ -503,19 +493,19 @@ def test_checkpoints_from_flags_or_the_space_variable(monkeypatch):
     assert app.parse_args([]).checkpoint == []
 
 
-def test_reference_images_in_analyze_and_compare(client, served, image_file, tmp_path):
+def test_reference_images_in_analyze_and_compare(client, served, model_runs, image_file, tmp_path):
     """Two normal references: Analyze shows the zero-shot and reference maps apart and the combined one;
     Compare shows each model with and without them; the references are encoded once across requests."""
     normal = [tmp_path / "good1.png", tmp_path / "good2.png"]
     for i, path in enumerate(normal):
         Image.open(EXAMPLE).convert("RGB").rotate(180 * i).resize((150, 110)).save(path)
     refs = [handle_file(str(p)) for p in normal]
-    calls = len(served.calls)
+    calls = len(model_runs)
     out = client.predict(
         handle_file(str(image_file)), "brick wall", 0.5, 0.5, "fixed", False, None, refs, api_name="/analyze"
     )
     score_md, downloads, parts = out[1], out[7], out[8]
-    passes = [c for c in served.calls[calls:] if c != "heads"]
+    passes = [c for c in model_runs[calls:] if c != "heads"]
     assert passes == [("backbone", 2), ("backbone", 1)]  # the references once, then the image
     assert [p["caption"].split(" ")[0] for p in parts] == ["zero-shot", "reference"]
     assert all(Image.open(p["image"]).size == (173, 121) for p in parts)
@@ -535,11 +525,11 @@ def test_reference_images_in_analyze_and_compare(client, served, image_file, tmp
     names = [g["caption"].split(":")[0] for g in gallery]
     assert names[-2:] == ["full WMoE-CLIP + references", "training-free CLIP baseline + references"]
     assert "full WMoE-CLIP" in names and "training-free CLIP baseline" in names
-    calls = len(served.calls)
+    calls = len(model_runs)
     gallery, table = client.predict(
         handle_file(str(image_file)), "brick wall", 0.5, 0.5, "fixed", None, refs, api_name="/compare"
     )
-    assert [c for c in served.calls[calls:] if c != "heads"] == [("backbone", 1)]  # cached references
+    assert [c for c in model_runs[calls:] if c != "heads"] == [("backbone", 1)]  # cached references
     with pytest.raises(AppError, match="reference 2: notes.png"):
         bad = tmp_path / "notes.png"
         bad.write_text("not a picture")

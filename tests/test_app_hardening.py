@@ -13,55 +13,24 @@ import tempfile
 import threading
 import time
 from pathlib import Path
-from types import SimpleNamespace
 from urllib.parse import urlsplit
 
 import httpx
 import numpy as np
 import pytest
-from app_server import serve
-from badinputs import write_cases
 from gradio import utils as gradio_utils
 from gradio_client import Client, handle_file
 from gradio_client.exceptions import AppError
 from gradio_client.utils import QueueError
 from markdown_it import MarkdownIt
 from PIL import Image
+from support.app_server import serve
+from support.badinputs import write_cases
 
-import app
 import demo.models as demo_models
 
 REPO = Path(__file__).resolve().parents[1]
 MARKUP = ["<img src=x onerror=alert(1)>", "<script>alert(1)</script>", "**bold** [link](javascript:alert(1))"]
-
-
-@pytest.fixture(scope="module")
-def served(tiny_checkpoint):
-    detectors, baseline, notices = app.load_models(str(tiny_checkpoint))
-    detector = detectors[tiny_checkpoint.name]
-    others = scratch_folders()
-    demo, url = serve(detector, baseline, notices)
-    scratch = scratch_folders() - others  # the app's own temporary folder (and any another process just made)
-    yield SimpleNamespace(url=url, detector=detector, checkpoint=tiny_checkpoint, scratch=scratch)
-    demo.close()
-
-
-def scratch_folders() -> set[Path]:
-    """The demo's temporary folders (demo.results.Scratch): files it writes before gradio copies them."""
-    return set(Path(tempfile.gettempdir()).glob("wmoe-app-*"))
-
-
-@pytest.fixture(scope="module")
-def client(served):
-    return Client(served.url, verbose=False)
-
-
-@pytest.fixture(scope="module")
-def small_image(tmp_path_factory) -> Path:
-    path = tmp_path_factory.mktemp("small") / "part.png"
-    rng = np.random.default_rng(1)
-    Image.fromarray((rng.random((48, 64, 3)) * 255).astype(np.uint8)).save(path)
-    return path
 
 
 def analyze(client, path, class_name="part"):

@@ -7,8 +7,8 @@ import shutil
 from pathlib import Path
 
 import pytest
-from app_server import serve
 from PIL import Image
+from support.app_server import serve
 
 import app
 from demo.models import UNTRAINED
@@ -38,10 +38,8 @@ pytestmark = [
 
 
 @pytest.fixture(scope="module")
-def url(tiny_checkpoint):
-    demo, url = serve(*app.load_models(str(tiny_checkpoint)))
-    yield url
-    demo.close()
+def url(served):
+    return served.url
 
 
 def test_analyze_in_chromium(url, tmp_path):
@@ -117,7 +115,7 @@ def save_small(source: Path, target: Path):
 @pytest.fixture(scope="module")
 def two_url(tmp_path_factory):
     """Two tiny untrained checkpoints on one backbone (alpha, beta), as `app.py --checkpoint A --checkpoint B`."""
-    from helpers import randomize_heads
+    from support.helpers import randomize_heads
 
     from wmoe import WMoECLIP, WMoEConfig, save_pretrained
 

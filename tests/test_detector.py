@@ -70,7 +70,7 @@ BF16_TOLERANCE = 0.02  # README's target for bf16 autocast vs fp32 (maps max abs
 
 
 def test_bf16_close_to_fp32(tiny_checkpoint, image):
-    """The checkpoint's heads are perturbed (no head is an identity, see tests/helpers.py): bf16 autocast
+    """The checkpoint's heads are perturbed (no head is an identity, see tests/support/helpers.py): bf16 autocast
     moves the maps, the score and the routing weights by less than the stated tolerance."""
     fp32 = Detector.from_pretrained(tiny_checkpoint).predict(image, "bottle")
     bf16 = Detector.from_pretrained(tiny_checkpoint, dtype="bf16").predict(image, "bottle")

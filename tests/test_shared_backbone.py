@@ -2,8 +2,8 @@
 
 import numpy as np
 import pytest
-from helpers import randomize_heads
 from PIL import Image
+from support.helpers import randomize_heads
 
 from wmoe import CheckpointError, Detector, WMoECLIP, WMoEConfig, load_model, save_pretrained
 

@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 import torch
-from helpers import randomize_heads
 from PIL import Image
+from support.helpers import randomize_heads
 
 from wmoe import Detector, WMoECLIP, WMoEConfig
 from wmoe.backbone import Backbone
