@@ -104,6 +104,8 @@ def test_display_changes_redraw_without_running_the_model(served, model_runs, im
     """The page's redraw event (private: no endpoint for clients) draws from the stored prediction."""
     tab = app.build_page(served.detector, None).analyze
     first = tab.analyze(str(image_file), "brick wall", 0.5, 0.5, "fixed", False)
+    stored = first[tab.state]  # the detail maps come from the library at the picture's size: no second resize
+    assert stored.pred.layer_maps.shape[1:] == stored.pred.expert_maps.shape[1:] == stored.small.size[::-1]
     calls = len(model_runs)
     redrawn = tab.render(first[tab.state], 0.2, 0.9, "stretch")
     overlay, score_md, downloads = redrawn[tab.overlay], redrawn[tab.score], redrawn[tab.downloads]
