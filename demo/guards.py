@@ -93,8 +93,8 @@ def valid(what: str, value, options: tuple | type | None = None):
 
 def checked(component, what: str, options: tuple | type | None = None):
     """An input whose value is checked (`valid`) before gradio's own preprocess, which lets NaN through and
-    answers a string for a number with an error that has no message. Handlers called through the API go
-    through the same preprocess, so each handler checks only what has no component (none today)."""
+    answers a string for a number with an error that has no message. The handlers check again (`valid`)
+    for callers that bypass the page (a ZeroGPU worker, another front end, the tests)."""
     preprocess = component.preprocess
     component.preprocess = lambda payload: preprocess(valid(what, payload, options))
     return component
