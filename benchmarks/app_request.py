@@ -5,7 +5,7 @@ ones, see common.write_checkpoint), and the app is built and served with `app.bu
 `app.launch` on a local port, as `python app.py` does. Three sides on the same image file, timed
 in turn after one warm-up round:
 - predict: `detector.predict(path)`, the model alone (decode, preprocess, forward, maps);
-- handler: `app_views.Views.analyze`, the Analyze handler in-process (overlays, routing chart,
+- handler: `demo.analyze.AnalyzeTab.analyze`, the Analyze handler in-process (overlays, routing chart,
   per-layer and expert maps, downloads) without HTTP;
 - request: one Analyze request over HTTP with gradio_client (upload, queue, handler, Gradio's
   PNG encoding of every output image, download), what a user waits for.
@@ -39,7 +39,6 @@ def main(argv=None):
     from gradio_client import Client
 
     import app
-    from app_views import Views
 
     with tempfile.TemporaryDirectory() as tmp:
         weights, checkpoint = common.write_checkpoint(args.backbone, args.image_size, Path(tmp))
@@ -52,10 +51,10 @@ def main(argv=None):
         try:
             path = Path(tmp) / "picture.png"
             common.picture(args.input_px).save(path)
-            views, client = Views(detector, baseline), Client(url, verbose=False)
+            tab, client = app.build_page(detector, baseline).analyze, Client(url, verbose=False)
             sides = {
                 "predict": lambda: detector.predict(path, "object"),
-                "handler": lambda: views.analyze(str(path), "object", 0.5, 0.5, "fixed", False),
+                "handler": lambda: tab.analyze(str(path), "object", 0.5, 0.5, "fixed", False),
                 "request": lambda: common.analyze_request(client, path),
             }
             times = common.interleave(sides, args.reps, device)
@@ -76,7 +75,7 @@ def main(argv=None):
         "predict_runs_s": common.rounded(times["predict"]),
     }
     for side, words in (
-        ("handler", "Views.analyze in-process (no HTTP)"),
+        ("handler", "AnalyzeTab.analyze in-process (no HTTP)"),
         ("request", "Analyze over HTTP with gradio_client"),
     ):
         ratio = med[side] / med["predict"]

@@ -16,7 +16,7 @@ atexit.register(shutil.rmtree, os.environ["GRADIO_TEMP_DIR"], True)
 from pathlib import Path  # noqa: E402
 
 import pytest  # noqa: E402
-from helpers import randomize_heads  # noqa: E402
+from support.helpers import randomize_heads  # noqa: E402
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
@@ -79,3 +79,47 @@ def train_heldout_data(tmp_path_factory) -> dict[str, Path]:
         "train": _synthetic(base / "train", ["felt", "nut"], n_train_good=0),
         "heldout": _synthetic(base / "heldout", ["tile:dots"], n_train_good=0),
     }
+
+
+# ----------------------------------------------------------------------------- the demo (app fixtures)
+
+
+@pytest.fixture(scope="module")
+def served(tiny_checkpoint):
+    """The demo on the tiny untrained checkpoint, served on 127.0.0.1 for one test module as `python app.py`
+    serves it: its url, the detector and baseline, the checkpoint folder, and the scratch folders it made."""
+    from types import SimpleNamespace
+
+    from support.app_server import scratch_folders, serve
+
+    import app
+
+    detectors, baseline, notices = app.load_models(str(tiny_checkpoint))
+    detector = detectors[tiny_checkpoint.name]
+    others = scratch_folders()
+    demo, url = serve(detector, baseline, notices)
+    scratch = scratch_folders() - others  # the app's own temporary folder (and any another process just made)
+    yield SimpleNamespace(
+        url=url, detector=detector, baseline=baseline, checkpoint=tiny_checkpoint, scratch=scratch
+    )
+    demo.close()
+
+
+@pytest.fixture(scope="module")
+def client(served):
+    """gradio_client on the served demo, as a user's script would query it."""
+    from gradio_client import Client
+
+    return Client(served.url, verbose=False)
+
+
+@pytest.fixture(scope="module")
+def small_image(tmp_path_factory) -> Path:
+    """A small odd-sized RGB noise image (64x48) on disk."""
+    import numpy as np
+    from PIL import Image
+
+    path = tmp_path_factory.mktemp("small") / "part.png"
+    rng = np.random.default_rng(1)
+    Image.fromarray((rng.random((48, 64, 3)) * 255).astype(np.uint8)).save(path)
+    return path

@@ -12,18 +12,20 @@ import time
 import urllib.request
 import zipfile
 from pathlib import Path
-from types import SimpleNamespace
 
 import numpy as np
 import pytest
-from app_server import free_port, page_config, serve
 from gradio_client import Client, handle_file
 from gradio_client.exceptions import AppError
-from helpers import randomize_heads
 from PIL import Image
+from support.app_server import free_port, page_config, serve
+from support.helpers import randomize_heads
 
 import app
-import app_views
+import demo.models as demo_models
+from demo.analyze import CTDS_SAMPLES
+from demo.compare import ABLATIONS
+from demo.guards import gr
 from wmoe import WMoECLIP, WMoEConfig, save_pretrained
 from wmoe.render import routing_chart
 
@@ -54,18 +56,9 @@ def count_model_runs(*detectors) -> list:
 
 
 @pytest.fixture(scope="module")
-def served(tiny_checkpoint):
-    detectors, baseline, notices = app.load_models(str(tiny_checkpoint))
-    detector = detectors[tiny_checkpoint.name]
-    calls = count_model_runs(detector, baseline)
-    demo, url = serve(detector, baseline, notices)
-    yield SimpleNamespace(url=url, calls=calls, detector=detector)
-    demo.close()
-
-
-@pytest.fixture
-def client(served):
-    return Client(served.url, verbose=False)
+def model_runs(served) -> list:
+    """The served demo's model runs (`count_model_runs`), from the first test that asks on."""
+    return count_model_runs(served.detector, served.baseline)
 
 
 @pytest.fixture(scope="module")
@@ -94,7 +87,7 @@ def test_analyze_outputs(client, served, image_file):
     assert sum(result["expert_weights"]) == pytest.approx(1.0, abs=1e-4)
     assert result["decision"] == ("anomalous" if result["score"] >= 0.5 else "normal")
     assert result["image_size"] == [121, 173] and result["model"]["trained"] is False
-    assert f"Score {result['score']:.3f}" in score_md and app.UNTRAINED in score_md
+    assert f"Score {result['score']:.3f}" in score_md and demo_models.UNTRAINED in score_md
     png16 = Image.open(files[".png"])
     raw = np.load(files[".npy"])
     assert png16.mode.startswith("I;16") and png16.size == (173, 121) and raw.shape == (121, 173)
@@ -107,19 +100,20 @@ def test_analyze_outputs(client, served, image_file):
     assert all(stage in timings for stage in ("backbone", "wcma", "moe", "total"))
 
 
-def test_display_changes_redraw_without_running_the_model(served, image_file):
+def test_display_changes_redraw_without_running_the_model(served, model_runs, image_file):
     """The page's redraw event (private: no endpoint for clients) draws from the stored prediction."""
-    views = app_views.Views(served.detector, None)
-    first = views.analyze(str(image_file), "brick wall", 0.5, 0.5, "fixed", False)
-    calls = len(served.calls)
-    overlay, score_md, experts, layers, uncertainty, downloads, _ = views.render(
-        first[-1], 0.2, 0.9, "stretch"
-    )
-    assert len(served.calls) == calls  # the stored prediction was redrawn; the model did not run
-    assert not np.array_equal(np.asarray(Image.open(overlay)), np.asarray(Image.open(first[0])))
+    tab = app.build_page(served.detector, None).analyze
+    first = tab.analyze(str(image_file), "brick wall", 0.5, 0.5, "fixed", False)
+    stored = first[tab.state]  # the detail maps come from the library at the picture's size: no second resize
+    assert stored.pred.layer_maps.shape[1:] == stored.pred.expert_maps.shape[1:] == stored.small.size[::-1]
+    calls = len(model_runs)
+    redrawn = tab.render(first[tab.state], 0.2, 0.9, "stretch")
+    overlay, score_md, downloads = redrawn[tab.overlay], redrawn[tab.score], redrawn[tab.downloads]
+    assert len(model_runs) == calls  # the stored prediction was redrawn; the model did not run
+    assert not np.array_equal(np.asarray(Image.open(overlay)), np.asarray(Image.open(first[tab.overlay])))
     assert "threshold 0.20" in score_md and "stretched per image" in score_md
     result = json.loads(Path(next(f for f in downloads if f.endswith(".json"))).read_text())
-    before = json.loads(Path(first[7][2]).read_text())
+    before = json.loads(Path(first[tab.downloads][2]).read_text())
     assert result["threshold"] == 0.2 and result["score"] == before["score"]
 
 
@@ -159,8 +153,15 @@ def test_mcp_server_lists_each_public_endpoint_as_a_described_tool(tiny_checkpoi
     finally:
         demo.close()
     assert set(tools) == {name.lstrip("/") for name in PUBLIC}
+    page = app.build_page(None)
+    handlers = {
+        "analyze": page.analyze,
+        "predict_json": page.analyze,
+        "compare": page.compare,
+        "batch": page.batch,
+    }
     for tool in tools.values():
-        first_line = getattr(app_views.Views, tool["name"]).__doc__.splitlines()[0]
+        first_line = getattr(handlers[tool["name"]], tool["name"]).__doc__.splitlines()[0]
         assert tool["description"].startswith(first_line) and "Returns: " in tool["description"]
         params = tool["inputSchema"]["properties"]
         assert params and all(len(p.get("description", "")) > 10 for p in params.values()), params
@@ -193,8 +194,8 @@ def test_bad_uploads_give_readable_errors(client, tmp_path):
     assert str(tmp_path) not in str(err.value)
 
 
-def test_compare_puts_the_variants_side_by_side(client, served, image_file):
-    calls = len(served.calls)
+def test_compare_puts_the_variants_side_by_side(client, served, model_runs, image_file):
+    calls = len(model_runs)
     gallery, table = client.predict(
         handle_file(str(image_file)), "brick wall", 0.5, 0.5, "fixed", api_name="/compare"
     )
@@ -206,7 +207,7 @@ def test_compare_puts_the_variants_side_by_side(client, served, image_file):
         "training-free CLIP baseline",
     ]
     assert [g["caption"].split(":")[0] for g in gallery] == names
-    assert served.calls[calls:] == [("backbone", 1)] + ["heads"] * 5  # one backbone pass for the 5 variants
+    assert model_runs[calls:] == [("backbone", 1)] + ["heads"] * 5  # one backbone pass for the 5 variants
     scores = [float(g["caption"].rsplit(" ", 1)[1]) for g in gallery]
     assert all(0 <= s <= 1 for s in scores) and len(set(scores)) > 1  # the variants really differ
     assert all(Image.open(g["image"]).size == (173, 121) for g in gallery)
@@ -242,37 +243,60 @@ def test_batch_sorts_by_score_and_lists_unreadable_files(client, tmp_path):
 
 def test_gpu_task_gets_plain_arguments(served, image_file, monkeypatch):
     """On ZeroGPU the task's arguments travel pickled to a worker: the model goes by key, never by value."""
-    sent, task = [], app_views._predict
-    monkeypatch.setattr(app_views, "_predict", lambda *args: sent.append(args) or task(*args))
-    app_views.Views(served.detector, None).analyze(str(image_file), "brick wall", 0.5, 0.5, "fixed", True)
-    [(key, images, class_name, skip, samples, variants, references)] = sent
-    assert app_views.LOADED[key] is served.detector
+    sent, task = [], demo_models._predict
+    monkeypatch.setattr(demo_models, "_predict", lambda *args: sent.append(args) or task(*args))
+    page = app.build_page(served.detector, None)
+    page.analyze.analyze(str(image_file), "brick wall", 0.5, 0.5, "fixed", True)
+    [(key, images, class_name, samples, variants, references, detail_side)] = sent
+    assert demo_models.LOADED[key] is served.detector
     assert all(isinstance(im, Image.Image) for im in images) and class_name == "brick wall"
-    assert skip == frozenset() and samples == app_views.CTDS_SAMPLES and variants == () and references is None
+    assert samples == CTDS_SAMPLES and variants == () and references is None and isinstance(detail_side, int)
     sent.clear()
-    app_views.Views(served.detector, None).compare(str(image_file), "brick wall", 0.5, 0.5, "fixed")
-    [(key, images, class_name, _, _, variants, _)] = sent
-    assert app_views.LOADED[key] is served.detector and len(images) == 1
-    assert [(name, app_views.LOADED[k], s) for name, k, s in variants] == [
-        (name, served.detector, skip) for name, skip, _, _ in app_views.VARIANTS
+    page.compare.compare(str(image_file), "brick wall", 0.5, 0.5, "fixed")
+    [(key, images, class_name, _, variants, *_)] = sent
+    assert demo_models.LOADED[key] is served.detector and len(images) == 1
+    assert [(v.name, demo_models.LOADED[v.detector], v.skip, v.references) for v in variants] == [
+        (a.name, served.detector, a.skip, None) for a in ABLATIONS
     ]
 
 
 def test_untrained_checkpoint_shows_its_banner_and_serving_limits(served):
     config = page_config(served.url)
     banner = prop(config, "banner", "value")
-    assert app.UNTRAINED in banner and prop(config, "banner", "visible") is True
+    assert demo_models.UNTRAINED in banner and prop(config, "banner", "visible") is True
     assert prop(config, "run", "interactive") is not False
     assert config["max_file_size"] and config["max_file_size"] <= 50 * 2**20
     ids = {c.get("props", {}).get("elem_id") for c in config["components"]}
     assert {"input-image", "class-name", "run", "overlay", "score", "routing"} <= ids
 
 
+def test_panels_with_nothing_to_show_are_hidden(served, image_file):
+    """Uncertainty and Reference parts start hidden (not empty boxes); after a run the page's private
+    follow-up shows each one only when the run has something for it (tests/test_browser.py sees it drawn)."""
+    config = page_config(served.url)
+    assert (
+        prop(config, "uncertainty", "visible") is False
+        and prop(config, "reference-parts", "visible") is False
+    )
+    assert prop(config, "layers", "visible") is not False  # a panel every run fills is shown
+    tab = app.build_page(served.detector, None).analyze
+    plain = tab.analyze(str(image_file), "brick wall", 0.5, 0.5, "fixed", False)[tab.state]
+    sampled = tab.analyze(str(image_file), "brick wall", 0.5, 0.5, "fixed", True)[tab.state]
+    referenced = tab.analyze(
+        str(image_file), "brick wall", 0.5, 0.5, "fixed", False, references=[str(image_file)]
+    )
+    shown = lambda result: {c.elem_id: u["visible"] for c, u in tab.panels(result).items()}  # noqa: E731
+    assert shown(None) == shown(plain) == {"uncertainty": False, "reference-parts": False}
+    assert shown(sampled) == {"uncertainty": True, "reference-parts": False}
+    assert shown(referenced[tab.state]) == {"uncertainty": False, "reference-parts": True}
+    assert len(referenced[tab.parts]) == 2 and referenced[tab.uncertainty] is None
+
+
 def test_trained_checkpoint_has_no_untrained_banner(tmp_path):
     save_pretrained(WMoECLIP(WMoEConfig.tiny()), tmp_path, {"trained": True})
     detectors, baseline, notices = app.load_models(str(tmp_path))
     lines = app.status_lines(detectors, baseline, notices)
-    assert detectors[tmp_path.name].trained and not any(app.UNTRAINED in line for line in lines)
+    assert detectors[tmp_path.name].trained and not any(demo_models.UNTRAINED in line for line in lines)
     assert any("random weights" in line for line in lines)  # the tiny backbone is still no CLIP
 
 
@@ -458,11 +482,9 @@ def test_several_checkpoints_share_one_backbone_in_memory_and_in_compare(two_che
         assert "checkpoint" in {c["props"].get("elem_id") for c in page_config(url)["components"]}
     finally:
         demo.close()
-    views = app_views.Views(detectors, baseline)
-    with pytest.raises(
-        app_views.gr.Error, match="No checkpoint named gamma is loaded; choose one of: alpha, beta"
-    ):
-        views.predict_json(str(image_file), "brick wall", 0.5, "gamma")
+    tab = app.build_page(detectors, baseline).analyze
+    with pytest.raises(gr.Error, match="No checkpoint named gamma is loaded; choose one of: alpha, beta"):
+        tab.predict_json(str(image_file), "brick wall", 0.5, "gamma")
 
 
 def test_checkpoints_from_flags_or_the_space_variable(monkeypatch):
@@ -473,19 +495,19 @@ def test_checkpoints_from_flags_or_the_space_variable(monkeypatch):
     assert app.parse_args([]).checkpoint == []
 
 
-def test_reference_images_in_analyze_and_compare(client, served, image_file, tmp_path):
+def test_reference_images_in_analyze_and_compare(client, served, model_runs, image_file, tmp_path):
     """Two normal references: Analyze shows the zero-shot and reference maps apart and the combined one;
     Compare shows each model with and without them; the references are encoded once across requests."""
     normal = [tmp_path / "good1.png", tmp_path / "good2.png"]
     for i, path in enumerate(normal):
         Image.open(EXAMPLE).convert("RGB").rotate(180 * i).resize((150, 110)).save(path)
     refs = [handle_file(str(p)) for p in normal]
-    calls = len(served.calls)
+    calls = len(model_runs)
     out = client.predict(
         handle_file(str(image_file)), "brick wall", 0.5, 0.5, "fixed", False, None, refs, api_name="/analyze"
     )
     score_md, downloads, parts = out[1], out[7], out[8]
-    passes = [c for c in served.calls[calls:] if c != "heads"]
+    passes = [c for c in model_runs[calls:] if c != "heads"]
     assert passes == [("backbone", 2), ("backbone", 1)]  # the references once, then the image
     assert [p["caption"].split(" ")[0] for p in parts] == ["zero-shot", "reference"]
     assert all(Image.open(p["image"]).size == (173, 121) for p in parts)
@@ -505,11 +527,11 @@ def test_reference_images_in_analyze_and_compare(client, served, image_file, tmp
     names = [g["caption"].split(":")[0] for g in gallery]
     assert names[-2:] == ["full WMoE-CLIP + references", "training-free CLIP baseline + references"]
     assert "full WMoE-CLIP" in names and "training-free CLIP baseline" in names
-    calls = len(served.calls)
+    calls = len(model_runs)
     gallery, table = client.predict(
         handle_file(str(image_file)), "brick wall", 0.5, 0.5, "fixed", None, refs, api_name="/compare"
     )
-    assert [c for c in served.calls[calls:] if c != "heads"] == [("backbone", 1)]  # cached references
+    assert [c for c in model_runs[calls:] if c != "heads"] == [("backbone", 1)]  # cached references
     with pytest.raises(AppError, match="reference 2: notes.png"):
         bad = tmp_path / "notes.png"
         bad.write_text("not a picture")

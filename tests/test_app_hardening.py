@@ -13,55 +13,24 @@ import tempfile
 import threading
 import time
 from pathlib import Path
-from types import SimpleNamespace
 from urllib.parse import urlsplit
 
 import httpx
 import numpy as np
 import pytest
-from app_server import serve
-from badinputs import write_cases
 from gradio import utils as gradio_utils
 from gradio_client import Client, handle_file
 from gradio_client.exceptions import AppError
 from gradio_client.utils import QueueError
 from markdown_it import MarkdownIt
 from PIL import Image
+from support.app_server import serve
+from support.badinputs import write_cases
 
-import app
-import app_views
+import demo.models as demo_models
 
 REPO = Path(__file__).resolve().parents[1]
 MARKUP = ["<img src=x onerror=alert(1)>", "<script>alert(1)</script>", "**bold** [link](javascript:alert(1))"]
-
-
-@pytest.fixture(scope="module")
-def served(tiny_checkpoint):
-    detectors, baseline, notices = app.load_models(str(tiny_checkpoint))
-    detector = detectors[tiny_checkpoint.name]
-    others = scratch_folders()
-    demo, url = serve(detector, baseline, notices)
-    scratch = scratch_folders() - others  # the app's own temporary folder (and any another process just made)
-    yield SimpleNamespace(url=url, detector=detector, checkpoint=tiny_checkpoint, scratch=scratch)
-    demo.close()
-
-
-def scratch_folders() -> set[Path]:
-    """The demo's temporary folders (app_views.Scratch): files it writes before gradio copies them."""
-    return set(Path(tempfile.gettempdir()).glob("wmoe-app-*"))
-
-
-@pytest.fixture(scope="module")
-def client(served):
-    return Client(served.url, verbose=False)
-
-
-@pytest.fixture(scope="module")
-def small_image(tmp_path_factory) -> Path:
-    path = tmp_path_factory.mktemp("small") / "part.png"
-    rng = np.random.default_rng(1)
-    Image.fromarray((rng.random((48, 64, 3)) * 255).astype(np.uint8)).save(path)
-    return path
 
 
 def analyze(client, path, class_name="part"):
@@ -242,7 +211,7 @@ def burst(clients, requests, alone):
 def test_16_concurrent_requests_equal_the_same_requests_alone(served, load_requests, monkeypatch, tmp_path):
     """The app as `python app.py --concurrency 4` serves it: up to 4 model calls at the same time (counted),
     and every answer equal to the same request made alone."""
-    running, most, lock, task = [0], [0], threading.Lock(), app_views._predict
+    running, most, lock, task = [0], [0], threading.Lock(), demo_models._predict
 
     def counted(*args):
         with lock:
@@ -254,7 +223,7 @@ def test_16_concurrent_requests_equal_the_same_requests_alone(served, load_reque
             with lock:
                 running[0] -= 1
 
-    monkeypatch.setattr(app_views, "_predict", counted)
+    monkeypatch.setattr(demo_models, "_predict", counted)
     demo, url = serve(served.detector, None, concurrency=4)
     try:
         # four users, each downloading into its own folder (gradio_client's default is the server's cache)
@@ -281,14 +250,14 @@ def test_16_concurrent_requests_equal_the_same_requests_alone(served, load_reque
 
 def test_a_full_queue_refuses_politely_and_recovers(served, small_image, monkeypatch):
     """A second instance with room for 2 waiting requests; the model is held until 5 more have arrived."""
-    started, release, task = threading.Event(), threading.Event(), app_views._predict
+    started, release, task = threading.Event(), threading.Event(), demo_models._predict
 
     def held(*args):
         started.set()
         release.wait(60)
         return task(*args)
 
-    monkeypatch.setattr(app_views, "_predict", held)
+    monkeypatch.setattr(demo_models, "_predict", held)
     demo, url = serve(served.detector, None, max_queue=2)
     try:
         client = Client(url, verbose=False)
@@ -400,11 +369,11 @@ def test_error_messages_carry_no_server_paths(served, client, small_image, monke
 
         return run
 
-    monkeypatch.setattr(app_views, "_predict", fails(ValueError(f"cannot use {where}: shapes differ")))
+    monkeypatch.setattr(demo_models, "_predict", fails(ValueError(f"cannot use {where}: shapes differ")))
     with pytest.raises(AppError, match="cannot use model.safetensors: shapes differ") as err:
         analyze(client, small_image)
     assert_readable(str(err.value), served.checkpoint)
-    monkeypatch.setattr(app_views, "_predict", fails(RuntimeError(f"out of memory near {where}")))
+    monkeypatch.setattr(demo_models, "_predict", fails(RuntimeError(f"out of memory near {where}")))
     with pytest.raises(AppError, match=r"The model failed on this request \(RuntimeError\)") as err:
         analyze(client, small_image)
     assert_readable(str(err.value), served.checkpoint)

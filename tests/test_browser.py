@@ -7,10 +7,11 @@ import shutil
 from pathlib import Path
 
 import pytest
-from app_server import serve
 from PIL import Image
+from support.app_server import serve
 
 import app
+from demo.models import UNTRAINED
 
 playwright = pytest.importorskip("playwright.sync_api")
 
@@ -37,10 +38,8 @@ pytestmark = [
 
 
 @pytest.fixture(scope="module")
-def url(tiny_checkpoint):
-    demo, url = serve(*app.load_models(str(tiny_checkpoint)))
-    yield url
-    demo.close()
+def url(served):
+    return served.url
 
 
 def test_analyze_in_chromium(url, tmp_path):
@@ -56,7 +55,7 @@ def test_analyze_in_chromium(url, tmp_path):
         try:
             page = browser.new_page()
             page.goto(url)
-            expect(page.locator("#banner")).to_contain_text(app.UNTRAINED)
+            expect(page.locator("#banner")).to_contain_text(UNTRAINED)
 
             page.locator("#input-image input[type=file]").set_input_files(str(EXAMPLE))
             expect(page.locator("#input-image img")).to_be_visible(timeout=15_000)
@@ -71,6 +70,9 @@ def test_analyze_in_chromium(url, tmp_path):
             assert size == list(Image.open(EXAMPLE).size)  # the user's own resolution, not a model square
             expect(page.locator("#experts img").first).to_be_visible()
             expect(page.locator("#layers img").first).to_be_visible()
+            # panels with nothing to show are hidden, not empty boxes: no sampling, no references
+            expect(page.locator("#uncertainty")).to_be_hidden()
+            expect(page.locator("#reference-parts")).to_be_hidden()
 
             page.mouse.wheel(0, 5000)  # load the lazy gallery images before the full-page screenshot
             page.wait_for_function("() => [...document.querySelectorAll('img')].every(i => i.complete)")
@@ -89,6 +91,11 @@ def test_analyze_in_chromium(url, tmp_path):
             expect(page.locator("#score")).to_contain_text(hostile, timeout=30_000)
             assert page.locator("#score img, #score script").count() == 0 and not dialogs
             assert page.locator("#score strong", has_text="bold").count() == 0
+
+            page.locator("#ctds input[type=checkbox]").check()  # with sampling the uncertainty panel shows
+            page.locator("#run").click()
+            expect(page.locator("#uncertainty img")).to_be_visible(timeout=30_000)
+            expect(page.locator("#reference-parts")).to_be_hidden()
         finally:
             browser.close()
     shot = Image.open(raw)
@@ -108,7 +115,7 @@ def save_small(source: Path, target: Path):
 @pytest.fixture(scope="module")
 def two_url(tmp_path_factory):
     """Two tiny untrained checkpoints on one backbone (alpha, beta), as `app.py --checkpoint A --checkpoint B`."""
-    from helpers import randomize_heads
+    from support.helpers import randomize_heads
 
     from wmoe import WMoECLIP, WMoEConfig, save_pretrained
 

@@ -13,9 +13,9 @@ import huggingface_hub
 import numpy as np
 import pytest
 import torch
-from helpers import randomize_heads
-from hubcache import populate_hub_cache
 from safetensors.torch import load_file, save_file
+from support.helpers import randomize_heads
+from support.hubcache import populate_hub_cache
 
 from wmoe import (
     CheckpointError,

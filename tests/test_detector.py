@@ -70,7 +70,7 @@ BF16_TOLERANCE = 0.02  # README's target for bf16 autocast vs fp32 (maps max abs
 
 
 def test_bf16_close_to_fp32(tiny_checkpoint, image):
-    """The checkpoint's heads are perturbed (no head is an identity, see tests/helpers.py): bf16 autocast
+    """The checkpoint's heads are perturbed (no head is an identity, see tests/support/helpers.py): bf16 autocast
     moves the maps, the score and the routing weights by less than the stated tolerance."""
     fp32 = Detector.from_pretrained(tiny_checkpoint).predict(image, "bottle")
     bf16 = Detector.from_pretrained(tiny_checkpoint, dtype="bf16").predict(image, "bottle")
@@ -190,6 +190,18 @@ def test_detail_maps_are_bounded_and_the_anomaly_map_is_full_size(detector):
     assert p.anomaly_map.shape == (1500, 3000)
     detail = (DETAIL_SIDE // 2, DETAIL_SIDE)
     assert p.layer_maps.shape[1:] == p.expert_maps.shape[1:] == p.uncertainty_map.shape == detail
+
+
+def test_a_viewer_gets_detail_maps_at_the_size_it_shows_never_over_the_bound(detector):
+    """`detail_side` (the demo's display size): the detail maps come at most that size, made once; the
+    anomaly map stays at the image's size, and no request goes over DETAIL_SIDE (the memory bound)."""
+    from wmoe.detector import DETAIL_SIDE
+
+    p = detector.predict_batch([np.zeros((300, 600, 3), np.uint8)], "x", ctds_samples=2, detail_side=200)[0]
+    assert p.anomaly_map.shape == (300, 600)
+    assert p.layer_maps.shape[1:] == p.expert_maps.shape[1:] == p.uncertainty_map.shape == (100, 200)
+    big = detector.predict_batch([np.zeros((1500, 3000, 3), np.uint8)], "x", detail_side=4 * DETAIL_SIDE)[0]
+    assert big.layer_maps.shape[1:] == (DETAIL_SIDE // 2, DETAIL_SIDE)
 
 
 @pytest.mark.slow

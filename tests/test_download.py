@@ -10,8 +10,8 @@ import zipfile
 from pathlib import Path
 
 import pytest
+from support.dataset_server import DatasetServer, btad_archive, mvtec_archive, visa_archive
 
-from tests.dataset_server import DatasetServer, btad_archive, mvtec_archive, visa_archive
 from training import download as dl
 from training.datasets import DATASETS
 from training.prepare_data import LOADERS

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from badinputs import write_cases
 from PIL import Image
+from support.badinputs import write_cases
 
 from wmoe import Detector, ImageError
 from wmoe.preprocess import load_image

@@ -3,7 +3,7 @@
 import pytest
 import torch
 import torch.nn.functional as F
-from helpers import randomize_heads
+from support.helpers import randomize_heads
 
 from wmoe import WMoECLIP, WMoEConfig
 from wmoe.backbone import Backbone

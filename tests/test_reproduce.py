@@ -7,9 +7,9 @@ from pathlib import Path
 import pytest
 import yaml
 from huggingface_hub import ModelCard
+from support.dataset_server import DatasetServer, btad_archive, mvtec_archive, visa_archive
+from support.hubcache import populate_hub_cache
 
-from tests.dataset_server import DatasetServer, btad_archive, mvtec_archive, visa_archive
-from tests.hubcache import populate_hub_cache
 from training import evaluate, reproduce, train
 
 MVTEC, VISA, BTAD = "mvtec_anomaly_detection.tar.xz", "VisA_20220922.tar", "btad.zip"

@@ -21,45 +21,24 @@ from urllib.parse import quote, urlsplit
 import httpx
 import numpy as np
 import pytest
-from app_server import serve
 from gradio import utils as gradio_utils
 from gradio_client import Client, handle_file
 from gradio_client.exceptions import AppError
 from PIL import Image
 
 import app
-import app_views
+import demo.archives as demo_archives
+from demo.guards import gr
+from demo.results import csv_cell
 
 REPO = Path(__file__).resolve().parents[1]
 FORMULAS = ['=HYPERLINK("http://evil.example","x")', "+1+1", "-2+3", "@SUM(1)", " =1+1", "\t=1", "＝1+1"]
 
 
-@pytest.fixture(scope="module")
-def served(tiny_checkpoint):
-    detectors, baseline, notices = app.load_models(str(tiny_checkpoint))
-    detector = detectors[tiny_checkpoint.name]
-    demo, url = serve(detector, baseline, notices)
-    yield SimpleNamespace(url=url, detector=detector, baseline=baseline, checkpoint=tiny_checkpoint)
-    demo.close()
-
-
-@pytest.fixture(scope="module")
-def client(served):
-    return Client(served.url, verbose=False)
-
-
-@pytest.fixture(scope="module")
-def small_image(tmp_path_factory) -> Path:
-    path = tmp_path_factory.mktemp("small") / "part.png"
-    rng = np.random.default_rng(3)
-    Image.fromarray((rng.random((40, 56, 3)) * 255).astype(np.uint8)).save(path)
-    return path
-
-
 def still_serves(client, small_image):
     """The same process still answers a normal request correctly."""
     out = client.predict(handle_file(str(small_image)), "part", 0.5, 0.5, "fixed", False, api_name="/analyze")
-    assert np.asarray(Image.open(out[0])).shape == (40, 56, 3)
+    assert np.asarray(Image.open(out[0])).shape == np.asarray(Image.open(small_image)).shape  # 48x64x3
 
 
 def png_bytes(seed: int = 0) -> bytes:
@@ -75,16 +54,16 @@ def png_bytes(seed: int = 0) -> bytes:
 
 @pytest.mark.parametrize("text", [*FORMULAS, "\r=1", "\tplain", "\n@x", "－1"])
 def test_a_csv_cell_never_starts_a_formula(text):
-    assert app_views.csv_cell(text) == "'" + text
+    assert csv_cell(text) == "'" + text
 
 
 @pytest.mark.parametrize("text", ["plain", "a=b", "1.5", "", "part 7.png", "x-1+2"])
 def test_other_text_cells_are_unchanged(text):
-    assert app_views.csv_cell(text) == text
+    assert csv_cell(text) == text
 
 
 def test_csv_numbers_stay_numbers():
-    assert [app_views.csv_cell(v) for v in (0.25, -0.5, np.float32(1), 3, None)] == [
+    assert [csv_cell(v) for v in (0.25, -0.5, np.float32(1), 3, None)] == [
         "0.250000",
         "-0.500000",
         "1.000000",
@@ -156,29 +135,27 @@ def peak_mb(fn) -> float:
 def test_a_lying_zip_bomb_is_refused_with_bounded_memory(served, bomb):
     """400 MB of zeros behind headers that claim 1,000 bytes: the Batch handler refuses the member with a
     reason, and its peak memory stays a few MB (before the fix: the whole 400 MB at once)."""
-    views = app_views.Views(served.detector, served.baseline)
+    tab = app.build_page(served.detector, served.baseline).batch
     out = {}
 
     def request():
-        out["result"] = views.batch([str(bomb)], "part", 0.5, progress=lambda *a, **k: None)
+        out["result"] = tab.batch([str(bomb)], "part", 0.5, progress=lambda *a, **k: None)
 
     peak = peak_mb(request)
     print(f"Batch request on a 400 MB zip bomb: peak {peak:.1f} MB (tracemalloc)")
-    gallery, summary, *_ = out["result"]
+    gallery, summary = out["result"][tab.gallery], out["result"][tab.summary]
     assert gallery == [] and "1 file(s) not processed" in summary
     assert "bomb.png: cannot be unpacked" in summary.replace("\\", "")
-    assert peak < 3 * app_views.ZIP_CHUNK / 2**20 + 8, f"{peak:.0f} MB"
+    assert peak < 3 * demo_archives.ZIP_CHUNK / 2**20 + 8, f"{peak:.0f} MB"
 
 
 def test_zip_limits_per_member_per_request_and_per_archive(served, tmp_path, monkeypatch):
     """Sizes are counted while unpacking (an honest 60 MB member is over the 50 MB limit); one request's
     archives share one budget; nested archives, encrypted members and absurd entry counts get a reason."""
-    views = app_views.Views(served.detector, served.baseline)
+    tab = app.build_page(served.detector, served.baseline).batch
 
     def reasons(paths) -> dict[str, str]:
-        _, summary, csv_file, *_ = views.batch(
-            [str(p) for p in paths], "part", 0.5, progress=lambda *a, **k: None
-        )
+        csv_file = tab.batch([str(p) for p in paths], "part", 0.5, progress=lambda *a, **k: None)[tab.csv]
         rows = list(csv.DictReader(io.StringIO(Path(csv_file).read_text())))
         return {r["file"]: r["error"] for r in rows}
 
@@ -196,11 +173,11 @@ def test_zip_limits_per_member_per_request_and_per_archive(served, tmp_path, mon
 
     many = tmp_path / "many.zip"
     with zipfile.ZipFile(many, "w") as z:
-        for i in range(app_views.MAX_ZIP_ENTRIES + 1):
+        for i in range(demo_archives.MAX_ZIP_ENTRIES + 1):
             z.writestr(f"{i}.txt", b"")
     assert "entries, over the limit" in reasons([many])["many.zip"]
 
-    monkeypatch.setattr(app_views, "MAX_UNPACKED_BYTES", 3 * 2**20)
+    monkeypatch.setattr(demo_archives, "MAX_UNPACKED_BYTES", 3 * 2**20)
     parts = tmp_path / "parts.zip"
     with zipfile.ZipFile(parts, "w", zipfile.ZIP_DEFLATED) as z:
         for i in range(3):
@@ -251,7 +228,7 @@ def secrets(served) -> dict[str, bytes]:
     files = [
         Path("/etc/passwd"),
         REPO / "app.py",
-        REPO / "app_views.py",
+        REPO / "demo" / "guards.py",
         REPO / "wmoe" / "checkpoint.py",
         REPO / "requirements.txt",
         served.checkpoint / "config.json",
@@ -557,20 +534,21 @@ def test_values_outside_what_the_page_offers_get_a_clear_error(served, client, s
 
 def test_the_handlers_check_their_values_themselves(served, small_image):
     """Called directly (a ZeroGPU worker, another front end), the handlers refuse the same values."""
-    views = app_views.Views(served.detector, served.baseline)
+    page = app.build_page(served.detector, served.baseline)
+    analyze, compare, batch = page.analyze, page.compare, page.batch
     for threshold in (float("nan"), float("inf"), -0.1, 2.0, "0.5", None, True):
-        with pytest.raises(app_views.gr.Error, match="the threshold must be a number from 0 to 1"):
-            views.analyze(str(small_image), "part", threshold, 0.5, "fixed", False)
-        with pytest.raises(app_views.gr.Error, match="the threshold must be"):
-            views.batch([str(small_image)], "part", threshold, progress=lambda *a, **k: None)
-        with pytest.raises(app_views.gr.Error, match="the threshold must be"):
-            views.predict_json(str(small_image), "part", threshold)
-    with pytest.raises(app_views.gr.Error, match="the opacity must be"):
-        views.compare(str(small_image), "part", 0.5, float("nan"), "fixed")
-    with pytest.raises(app_views.gr.Error, match="the colour scale must be one of 'fixed', 'stretch'"):
-        views.render(None, 0.5, 0.5, "bogus")
-    with pytest.raises(app_views.gr.Error, match="the class name must be a str"):
-        views.analyze(str(small_image), None, 0.5, 0.5, "fixed", False)
+        with pytest.raises(gr.Error, match="the threshold must be a number from 0 to 1"):
+            analyze.analyze(str(small_image), "part", threshold, 0.5, "fixed", False)
+        with pytest.raises(gr.Error, match="the threshold must be"):
+            batch.batch([str(small_image)], "part", threshold, progress=lambda *a, **k: None)
+        with pytest.raises(gr.Error, match="the threshold must be"):
+            analyze.predict_json(str(small_image), "part", threshold)
+    with pytest.raises(gr.Error, match="the opacity must be"):
+        compare.compare(str(small_image), "part", 0.5, float("nan"), "fixed")
+    with pytest.raises(gr.Error, match="the colour scale must be one of 'fixed', 'stretch'"):
+        analyze.render(None, 0.5, 0.5, "bogus")
+    with pytest.raises(gr.Error, match="the class name must be a str"):
+        analyze.analyze(str(small_image), None, 0.5, 0.5, "fixed", False)
 
 
 # ----------------------------------------------------------------------------- 8. what uploads are served as

@@ -4,8 +4,8 @@ backbone is never moved, and one with other settings (activation) is never taken
 import numpy as np
 import pytest
 import torch
-from helpers import randomize_heads
 from PIL import Image
+from support.helpers import randomize_heads
 
 from training.feature_cache import FeatureCache
 from wmoe import CheckpointError, Detector, WMoECLIP, WMoEConfig, load_model, save_pretrained

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from helpers import randomize_heads
 from PIL import Image
+from support.helpers import randomize_heads
 
 from wmoe import Detector, WMoECLIP, WMoEConfig
 from wmoe.features import BackboneFeatures, FeatureMismatchError

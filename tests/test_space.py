@@ -7,9 +7,9 @@ from pathlib import Path
 import gradio as gr
 import huggingface_hub
 import numpy as np
+from support.hubcache import populate_hub_cache
 
 import app
-from tests.hubcache import populate_hub_cache
 from training import train
 from training.model_card import write_card
 from wmoe import Detector

@@ -10,7 +10,7 @@ SPHINX = re.compile(r"(?<!`)``[^`\n]+``(?!`)|:(?:class|func|meth|mod|attr|param|
 def test_no_sphinx_markup_in_the_code():
     files = [
         *REPO.glob("*.py"),
-        *(p for d in ("wmoe", "training", "benchmarks", "assets") for p in (REPO / d).rglob("*.py")),
+        *(p for d in ("wmoe", "training", "benchmarks", "assets", "demo") for p in (REPO / d).rglob("*.py")),
     ]
     hits = [
         f"{p.relative_to(REPO)}:{i}"

@@ -33,6 +33,7 @@ from training.synthetic import KINDS, generate, make_category
 from wmoe import Detector, WMoECLIP, save_pretrained
 
 ROOT = Path(__file__).resolve().parents[1]
+DDP_RANKS = ROOT / "tests" / "support" / "ddp_ranks.py"  # train.py plus a dump of each rank's heads
 TRAIN_CATS = ["felt", "nut", "mesh"]
 HELDOUT_CATS = ["tile:dots", "washer:disc"]
 
@@ -530,9 +531,7 @@ def torchrun(*args: str, timeout: int = 240) -> subprocess.CompletedProcess:
 def test_two_process_ddp_training_and_gathered_evaluation(straight, data, tmp_path):
     config = write_recipe(tmp_path / "recipe.yaml", recipe(data, epochs=1, every_steps=0))
     out = tmp_path / "ddp"
-    done = torchrun(
-        str(ROOT / "tests" / "ddp_ranks.py"), "--config", str(config), "--output", str(out), "--no-progress"
-    )
+    done = torchrun(str(DDP_RANKS), "--config", str(config), "--output", str(out), "--no-progress")
     assert done.returncode == 0, done.stderr[-3000:]
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["images"] == 16 and metrics["steps"] == 3  # 24 images / 2 processes / batch 4
@@ -599,9 +598,7 @@ def test_ddp_without_sa_moe_and_batches_without_masks_trains(tmp_path):
     body["eval"] = {"datasets": []}  # good images only: nothing to evaluate
     config = write_recipe(tmp_path / "recipe.yaml", body)
     out = tmp_path / "ddp"
-    done = torchrun(
-        str(ROOT / "tests" / "ddp_ranks.py"), "--config", str(config), "--output", str(out), "--no-progress"
-    )
+    done = torchrun(str(DDP_RANKS), "--config", str(config), "--output", str(out), "--no-progress")
     assert done.returncode == 0, done.stderr[-3000:]
     assert not Detector.from_pretrained(out).config.use_moe
     ranks_end_equal(out)

@@ -7,6 +7,7 @@ import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -85,6 +86,16 @@ class EncodedBatch:
 
     def __len__(self) -> int:
         return len(self.sizes)
+
+
+class Variant(NamedTuple):
+    """One column of `Detector.compare`: a name, the detector that runs (on the comparing detector's
+    backbone), the modules it skips (`WMoECLIP.heads`) and, optionally, normal reference images."""
+
+    name: str
+    detector: Detector
+    skip: frozenset[str] = frozenset()
+    references: Sequence[ImageInput] | ReferenceFeatures | None = None
 
 
 def default_device() -> torch.device:
@@ -179,6 +190,7 @@ class Detector:
         skip: frozenset[str] = frozenset(),
         ctds_samples: int | None = None,
         references: Sequence[ImageInput] | ReferenceFeatures | None = None,
+        detail_side: int = DETAIL_SIDE,
     ) -> list[Prediction]:
         """Several images through one backbone batch; class_names is one name for all, or one per image.
 
@@ -186,12 +198,19 @@ class Detector:
         `wmoe.references.MAX_REFERENCES`): each prediction then also has a `reference_map`, and its
         `anomaly_map` and `score` combine both parts, or are the reference part alone for an untrained
         detector (`wmoe.references.combine`).
+        detail_side: the long side, at most, of the layer, expert and uncertainty maps (`detail_size`;
+        at most `DETAIL_SIDE`, which bounds their memory): a viewer asks for the size it shows.
         """
         self._names(class_names, len(images))
         refs = self.reference_features(references)  # a bad reference fails before the images' pass
         encoded = self.encode(images)
         return self.predict_encoded(
-            encoded, class_names, skip=skip, ctds_samples=ctds_samples, references=refs
+            encoded,
+            class_names,
+            skip=skip,
+            ctds_samples=ctds_samples,
+            references=refs,
+            detail_side=detail_side,
         )
 
     @torch.inference_mode()
@@ -239,9 +258,10 @@ class Detector:
         skip: frozenset[str] = frozenset(),
         ctds_samples: int | None = None,
         references: Sequence[ImageInput] | ReferenceFeatures | None = None,
+        detail_side: int = DETAIL_SIDE,
     ) -> list[Prediction]:
         """This detector's heads on features from `encode` (its own, or another detector's on the same backbone);
-        `references` as in `predict_batch`.
+        `references` and `detail_side` as in `predict_batch`.
 
         Raises FeatureMismatchError when the features come from another backbone (weights, input size or
         normalisation), lack a block this model taps, or were computed on another device or precision.
@@ -263,7 +283,13 @@ class Detector:
         t0 = time.perf_counter()
         preds = [
             self._prediction(
-                out, i, size, names[i], notes[i], None if rmaps is None else (rmaps[i], refs.count)
+                out,
+                i,
+                size,
+                detail_size(size, detail_side),
+                names[i],
+                notes[i],
+                None if rmaps is None else (rmaps[i], refs.count),
             )
             for i, size in enumerate(encoded.sizes)
         ]
@@ -273,22 +299,23 @@ class Detector:
         return preds
 
     def compare(
-        self, image: ImageInput, class_name: str, variants: Sequence[tuple]
+        self, image: ImageInput, class_name: str, variants: Sequence[Variant | tuple]
     ) -> list[tuple[str, Prediction]]:
-        """Several (name, detector, skip[, references]) variants of one image for one backbone pass (this
-        detector's; the references' features come from the cache after their first use).
+        """(name, prediction) for each `Variant` of one image (a plain (name, detector, skip[, references])
+        tuple reads as one), from one backbone pass of this detector's; the references' features come
+        from the cache after their first use.
 
         Every variant's detector must share this one's backbone (`Detector.training_free(backbone=...)`).
         """
-        variants = [(v[0], v[1], v[2], v[3] if len(v) > 3 else None) for v in variants]
-        layers = set(self.config.layers).union(*(d.config.layers for _, d, _, _ in variants))
-        for _, d, _, _ in variants:  # before paying the backbone pass
-            check_same_backbone(self.model.backbone, d.model.backbone)
-        refs = [d.reference_features(r) for _, d, _, r in variants]
+        variants = [Variant(*v) for v in variants]
+        layers = set(self.config.layers).union(*(v.detector.config.layers for v in variants))
+        for v in variants:  # before paying the backbone pass
+            check_same_backbone(self.model.backbone, v.detector.model.backbone)
+        refs = [v.detector.reference_features(v.references) for v in variants]
         encoded = self.encode([image], layers=layers)
         return [
-            (name, d.predict_encoded(encoded, class_name, skip=skip, references=r)[0])
-            for (name, d, skip, _), r in zip(variants, refs, strict=True)
+            (v.name, v.detector.predict_encoded(encoded, class_name, skip=v.skip, references=r)[0])
+            for v, r in zip(variants, refs, strict=True)
         ]
 
     def _autocast(self):
@@ -321,11 +348,17 @@ class Detector:
         return name
 
     def _prediction(
-        self, out, i: int, size: tuple[int, int], name: str, notes: list[str], ref=None
+        self,
+        out,
+        i: int,
+        size: tuple[int, int],
+        detail: tuple[int, int],
+        name: str,
+        notes: list[str],
+        ref=None,
     ) -> Prediction:
-        """Image i's numpy result at its size; ref: (its reference map on the patch grid, reference count)."""
-
-        detail = detail_size(size)
+        """Image i's numpy result at its size, the detail maps at `detail` (H, W); ref: (its reference map on
+        the patch grid, reference count)."""
 
         def resize(maps, to=size):  # (C, h, w) -> numpy (C, H, W) float32 at the image size (or `to`)
             return (
@@ -372,9 +405,10 @@ class Detector:
         return pred
 
 
-def detail_size(size: tuple[int, int]) -> tuple[int, int]:
-    """(H, W) scaled down, keeping its shape, to at most DETAIL_SIDE on the long side (never up)."""
-    scale = min(1.0, DETAIL_SIDE / max(size))
+def detail_size(size: tuple[int, int], side: int = DETAIL_SIDE) -> tuple[int, int]:
+    """(H, W) scaled down, keeping its shape, to at most `side` (itself at most DETAIL_SIDE) on the long side
+    (never up): the size of the detail maps, and of the picture a viewer shows them on."""
+    scale = min(1.0, min(side, DETAIL_SIDE) / max(size))
     return max(1, round(size[0] * scale)), max(1, round(size[1] * scale))
 
 

@@ -2,7 +2,9 @@
 
 import json
 import socket
+import tempfile
 import urllib.request
+from pathlib import Path
 
 import app
 
@@ -27,3 +29,8 @@ def page_config(url: str) -> dict:
     """The page description the browser receives (components with their props)."""
     with urllib.request.urlopen(url.rstrip("/") + "/config", timeout=10) as r:
         return json.load(r)
+
+
+def scratch_folders() -> set[Path]:
+    """The demo's temporary folders (demo.results.Scratch): files it writes before gradio copies them."""
+    return set(Path(tempfile.gettempdir()).glob("wmoe-app-*"))
