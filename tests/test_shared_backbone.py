@@ -69,7 +69,7 @@ def test_a_backbone_in_use_is_never_moved_by_another_detector(checkpoints):
 def quick_gelu_twin(monkeypatch) -> tuple[Backbone, Backbone]:
     """Two tiny backbones with the same weights, the second with QuickGELU (as a pretrained tag sets it)."""
     gelu = Backbone(WMoEConfig.tiny(), load_weights=False)
-    monkeypatch.setattr("wmoe.backbone.resolve_backbone_weights", lambda config: (None, True))
+    monkeypatch.setattr("wmoe.backbone.resolve_backbone_weights", lambda config, *_: (None, True))
     quick = Backbone(WMoEConfig.tiny())
     assert all(torch.equal(v, quick.state_dict()[k]) for k, v in gelu.state_dict().items())
     return gelu, quick
