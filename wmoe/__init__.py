@@ -19,6 +19,7 @@ if TYPE_CHECKING:
     from .features import BackboneFeatures, FeatureMismatchError
     from .hub import WeightsNotFoundError
     from .model import WMoECLIP, WMoEOutput
+    from .musc import MuScError
     from .preprocess import ImageError, ImageInput, load_image
     from .samoe import MoEOutput
 
@@ -43,6 +44,7 @@ _EXPORTS = {
     "ImageInput": "preprocess",
     "load_image": "preprocess",
     "MoEOutput": "samoe",
+    "MuScError": "musc",
 }
 __all__ = [  # the public API, spelled out (the test suite checks it against _EXPORTS)
     "DEFAULT_CLASS",
@@ -66,6 +68,7 @@ __all__ = [  # the public API, spelled out (the test suite checks it against _EX
     "load_model",
     "push_to_hub",
     "save_pretrained",
+    "MuScError",
 ]
 
 
