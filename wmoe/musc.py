@@ -95,7 +95,7 @@ def neighbour_aggregate(tokens: torch.Tensor, r: int) -> torch.Tensor:
     x = F.layer_norm(x, (channels, side, side))
     if r > 1:
         x = F.avg_pool2d(x, r, stride=1, padding=r // 2, count_include_pad=True)
-    return x.flatten(2).transpose(1, 2)
+    return x.flatten(2).transpose(1, 2).contiguous()  # MSM reads each image's tokens as rows
 
 
 def mutual_scores(Z: torch.Tensor, lo: float = INTERVAL[0], hi: float = INTERVAL[1]) -> torch.Tensor:
