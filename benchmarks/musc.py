@@ -10,16 +10,18 @@ batch-1 pass:
   image of the scoring and of both, each over one pass per image (target on a CPU: scoring at most 1.2x
   at 16 images), and the scoring's peak memory above what was held before it, per image;
 - msm_one_call: one `mutual_scores` call on random unit tokens of --msm-images images (37 x 37 patches, 1024
-  channels: ViT-L-14 at 518 px), its seconds and peak memory above its input (the chunked distances keep
-  it bounded; 0 skips it).
+  channels: ViT-L-14 at 518 px), in a fresh process (memory freed earlier would hide its peak), its
+  seconds and peak memory above its input (the chunked distances keep it bounded; 0 skips it).
 Peak memory: VmHWM after resetting it (/proc/self/clear_refs) on CPU, the allocator's peak on CUDA.
 
     python -m benchmarks.musc                               # ViT-L-14-336, 518 px, batches 8, 16, 32
     python -m benchmarks.musc --batches 8,16 --msm-images 0
+    python -m benchmarks.musc --batches '' --msm-images 100   # the MSM line alone
 """
 
 from __future__ import annotations
 
+import multiprocessing
 import os
 from pathlib import Path
 
@@ -77,7 +79,9 @@ def measure_batch(det: Detector, pictures: list, raw: tuple[int, ...], device: t
 
 def main(argv=None):
     p = common.parser(__doc__.splitlines()[0], reps=1)
-    p.add_argument("--batches", default="8,16,32", help="comma-separated batch sizes (each at least 5)")
+    p.add_argument(
+        "--batches", default="8,16,32", help="comma-separated batch sizes (each at least 5); '' none"
+    )
     p.add_argument("--msm-images", type=int, default=6 if common.QUICK else 100, help="0 skips the msm line")
     args = p.parse_args(argv)
     device = common.setup(args)
@@ -85,14 +89,13 @@ def main(argv=None):
         batches = sorted({int(b) for b in args.batches.split(",") if b.strip()})
     except ValueError:
         p.error(f"--batches must be comma-separated integers, got {args.batches!r}")
-    if not batches or batches[0] < musc.min_images():
+    if batches and batches[0] < musc.min_images():
         p.error(f"--batches needs sizes of at least {musc.min_images()} (MuSc's minimum)")
     load_start = os.getloadavg()[0]
 
     det = Detector(common.build_model(args.backbone, args.image_size), device=device)
     raw = musc.musc_layers(det.model.backbone.depth)
-    pictures = [common.picture(args.input_px, seed) for seed in range(max(batches))]
-    det.encode(pictures[:1], raw=raw)  # first call: allocator, kernels
+    pictures = [common.picture(args.input_px, seed) for seed in range(max(batches, default=1))]
     base = {
         "bench": "musc",
         "backbone": args.backbone,
@@ -102,23 +105,24 @@ def main(argv=None):
         "weights": "random",
         "musc_layers": list(raw),
     }
-
-    with Peak(device) as peak:
-        one_pass = common.median(
-            [common.timed(lambda: det.encode(pictures[:1], raw=raw), device) for _ in range(args.reps)]
+    if batches:
+        det.encode(pictures[:1], raw=raw)  # first call: allocator, kernels
+        with Peak(device) as peak:
+            one_pass = common.median(
+                [common.timed(lambda: det.encode(pictures[:1], raw=raw), device) for _ in range(args.reps)]
+            )
+        common.emit(
+            {
+                **base,
+                "what": "backbone_pass",
+                "batch": 1,
+                "s_per_image": round(one_pass, 4),
+                "peak_gb": round(peak.gb, 4),
+            },
+            device,
+            args.out,
+            load_start,
         )
-    common.emit(
-        {
-            **base,
-            "what": "backbone_pass",
-            "batch": 1,
-            "s_per_image": round(one_pass, 4),
-            "peak_gb": round(peak.gb, 4),
-        },
-        device,
-        args.out,
-        load_start,
-    )
     for b in batches:
         runs = [measure_batch(det, pictures[:b], raw, device) for _ in range(args.reps)]
         pass_s, score_s = (common.median([r[i] for r in runs]) for i in (0, 1))
@@ -144,26 +148,34 @@ def main(argv=None):
             load_start,
         )
     if args.msm_images:
-        n, (h, w) = args.msm_images, det.model.backbone.grid
-        width = det.model.backbone.clip.visual.transformer.width
-        Z = torch.randn(n, h * w, width, generator=torch.Generator().manual_seed(0))
-        Z = torch.nn.functional.normalize(Z, dim=-1).to(device)
-        with Peak(device) as peak:
-            msm_s = common.timed(lambda: musc.mutual_scores(Z), device)
+        (h, w), width = det.model.backbone.grid, det.model.backbone.clip.visual.transformer.width
+        spec = (args.msm_images, h * w, width, str(device))
+        with multiprocessing.get_context("spawn").Pool(1) as pool:
+            input_gb, msm_s, peak_gb = pool.apply(measure_msm, spec)
         common.emit(
             {
                 **base,
                 "what": "msm_one_call",
-                "images": n,
+                "images": args.msm_images,
                 "tokens": [h * w, width],
-                "input_gb": round(Z.numel() * Z.element_size() / GB, 4),
+                "input_gb": round(input_gb, 4),
                 "s": round(msm_s, 4),
-                "peak_gb_above_input": round(peak.gb, 4),
+                "peak_gb_above_input": round(peak_gb, 4),
             },
             device,
             args.out,
             load_start,
         )
+
+
+def measure_msm(images: int, patches: int, width: int, device_name: str) -> tuple[float, float, float]:
+    """In a fresh process: one `mutual_scores` call on random unit tokens; (input GB, seconds, peak GB)."""
+    device = torch.device(device_name)
+    Z = torch.randn(images, patches, width, generator=torch.Generator().manual_seed(0))
+    Z = torch.nn.functional.normalize(Z, dim=-1).to(device)
+    with Peak(device) as peak:
+        seconds = common.timed(lambda: musc.mutual_scores(Z), device)
+    return Z.numel() * Z.element_size() / GB, seconds, peak.gb
 
 
 if __name__ == "__main__":
