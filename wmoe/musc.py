@@ -113,7 +113,7 @@ def mutual_scores(Z: torch.Tensor, lo: float = INTERVAL[0], hi: float = INTERVAL
     images, patches, channels = Z.shape
     require_images(images, lo, hi)
     Z = Z.float()
-    norms = (Z * Z).sum(-1)  # (images, patches)
+    norms = torch.linalg.vector_norm(Z, dim=-1).square_()  # (images, patches), no copy of Z
     nearest = Z.new_full((images, patches, images), math.inf)  # squared, i's patches to image j
     per_block = max(1, DISTANCE_BLOCK // (patches * patches))
     for i in range(images - 1):
