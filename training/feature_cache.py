@@ -8,8 +8,9 @@ folder each image pays the backbone once; later passes read its entry.
 Layout: `DIR/<setting>/<aa>/<sha256 of the image file>.safetensors`, and `DIR/<setting>/setting.json`
 saying what `<setting>` stands for. The setting is a hash of everything that changes the features: the
 backbone's name and image tower, weights and settings such as the activation (`Backbone.fingerprint`,
-once per run), input size, normalisation
-and resize rule (`wmoe.preprocess.PREPROCESSING`), tapped layers, the precision of the backbone pass,
+once per run), input size, normalisation and resize rule (`wmoe.preprocess.PREPROCESSING`), tapped layers
+and the blocks whose raw outputs are kept (`BackboneFeatures.raw`, for MuSc), the precision of the
+backbone pass,
 the storage precision, and the torch and open_clip versions. The image is keyed by its bytes, so an
 edited file is a new entry; nothing is ever looked up by path or date. Old entries are never wrong, only
 unused: delete the folder to reclaim the space.
@@ -76,10 +77,12 @@ class FeatureCache:
         layers: tuple[int, ...],
         compute_dtype: torch.dtype,
         storage: str = "fp32",
+        raw: tuple[int, ...] = (),
     ):
         if storage not in STORAGE:
             raise FeatureCacheError(f"feature cache storage {storage!r}: choose one of {sorted(STORAGE)}")
         self.layers, self.storage = tuple(sorted(set(layers))), storage
+        self.raw = tuple(sorted(set(raw)))
         self.setting = {
             "format": FORMAT,
             "backbone": backbone.name,
@@ -89,6 +92,7 @@ class FeatureCache:
             "std": list(backbone.std),
             "preprocessing": PREPROCESSING,
             "layers": list(self.layers),
+            "raw_layers": list(self.raw),
             "compute_dtype": str(compute_dtype).replace("torch.", ""),
             "storage": storage,
             "torch": torch.__version__,
@@ -158,6 +162,7 @@ class FeatureCache:
                 raise ValueError("checksum mismatch")
             dtypes = json.loads(meta["dtypes"])
             patches = {k: tensors[f"layer.{k}"] for k in self.layers}
+            raw = {k: tensors[f"raw.{k}"] for k in self.raw}
             grid, size = json.loads(meta["grid"]), json.loads(meta["input"])
         except (SafetensorError, ValueError, KeyError, TypeError) as e:
             log.warning("feature cache: damaged entry %s (%s); recomputing it", path, e)
@@ -168,6 +173,7 @@ class FeatureCache:
             {k: cast(f"layer.{k}", v) for k, v in patches.items()},
             tuple(grid),
             tuple(size),
+            {k: cast(f"raw.{k}", v) for k, v in raw.items()},
         )
         return features, False
 
@@ -183,11 +189,13 @@ class FeatureCache:
             {k: _rounded(v, dtype) for k, v in features.patches.items()},
             features.grid,
             features.image_size,
+            {k: _rounded(v, dtype) for k, v in features.raw.items()},
         )
         if not self.writable:
             return rounded
         named = {"embedding": features.embedding[0]}
         named.update({f"layer.{k}": features.patches[k][0] for k in self.layers})
+        named.update({f"raw.{k}": features.raw[k][0] for k in self.raw})
         tensors = {k: v.detach().to("cpu", dtype).clone().contiguous() for k, v in named.items()}
         meta = {
             "format": str(FORMAT),
@@ -271,7 +279,7 @@ def batch_inputs(batch: dict, model, cache: FeatureCache | None, device: torch.d
     if missing:
         images = torch.stack([batch["image"][i] for i in missing]).to(device, non_blocking=True)
         with torch.no_grad(), autocast(device, dtype):
-            computed = model.encode(images, cache.layers)
+            computed = model.encode(images, cache.layers, raw=cache.raw)
         for j, i in enumerate(missing):
             features[i] = cache.store(batch["feature_key"][i], computed.item(j))
     cache.stats.computed += len(missing)

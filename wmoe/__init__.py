@@ -19,6 +19,7 @@ if TYPE_CHECKING:
     from .features import BackboneFeatures, FeatureMismatchError
     from .hub import WeightsNotFoundError
     from .model import WMoECLIP, WMoEOutput
+    from .musc import MuScError
     from .preprocess import ImageError, ImageInput, load_image
     from .samoe import MoEOutput
     from .winclip import WinCLIP
@@ -45,6 +46,7 @@ _EXPORTS = {
     "load_image": "preprocess",
     "MoEOutput": "samoe",
     "WinCLIP": "winclip",
+    "MuScError": "musc",
 }
 __all__ = [  # the public API, spelled out (the test suite checks it against _EXPORTS)
     "DEFAULT_CLASS",
@@ -69,6 +71,7 @@ __all__ = [  # the public API, spelled out (the test suite checks it against _EX
     "push_to_hub",
     "save_pretrained",
     "WinCLIP",
+    "MuScError",
 ]
 
 

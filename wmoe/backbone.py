@@ -246,20 +246,28 @@ class Backbone(nn.Module):
         self.serving = device
 
     def encode_image(
-        self, images: torch.Tensor, layers: Sequence[int] | None = None
-    ) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        self, images: torch.Tensor, layers: Sequence[int] | None = None, raw: Sequence[int] = ()
+    ) -> tuple:
         """(global embedding (B, D), [patch tokens (B, N, D) per tapped layer]) in the joint space.
 
         layers: 1-based blocks to tap, in this order; the configured ones by default.
+        raw: 1-based blocks whose raw outputs are also wanted, from the same pass: then a third item,
+        [(B, N, W) per block in this order], the block outputs before `ln_post` and the projection, class
+        token dropped (what MuSc scores, `wmoe.musc`). Only these are kept, so the default costs nothing.
         """
         layers = self.layers if layers is None else tuple(int(k) for k in layers)
-        if not layers or min(layers) < 1 or max(layers) > self.depth:
-            raise ConfigError(f"layers {list(layers)} are not blocks 1..{self.depth} of {self.name}")
+        raw = tuple(int(k) for k in raw)
+        wanted = sorted(set(layers) | set(raw))
+        if not layers or min(wanted) < 1 or max(wanted) > self.depth:
+            raise ConfigError(f"layers {list(wanted)} are not blocks 1..{self.depth} of {self.name}")
         visual = self.clip.visual
         with no_mha_fastpath():
-            out = visual.forward_intermediates(images, indices=[k - 1 for k in layers], output_fmt="NLC")
-        taps = [visual.ln_post(t) @ visual.proj for t in out["image_intermediates"]]
-        return out["image_features"], taps
+            out = visual.forward_intermediates(images, indices=[k - 1 for k in wanted], output_fmt="NLC")
+        blocks = dict(zip(wanted, out["image_intermediates"], strict=True))
+        taps = [visual.ln_post(blocks[k]) @ visual.proj for k in layers]
+        if not raw:
+            return out["image_features"], taps
+        return out["image_features"], taps, [blocks[k] for k in raw]
 
     def fingerprint(self) -> str:
         """A hash of everything in the image tower that shapes its features; computed once, then kept.

@@ -51,7 +51,7 @@ class Prediction:
     reference_map: np.ndarray | None = None  # (H, W) in [0, 1]: distance to the nearest reference patch
     reference_score: float | None = None  # the largest patch distance (reference map's max on the grid)
     references: int = 0  # how many reference images were used
-    method: str = "WMoE-CLIP"  # the method that produced this prediction (e.g. "WinCLIP", wmoe.winclip)
+    method: str = "WMoE-CLIP"  # the method that produced it (e.g. "WinCLIP", "MuSc"; wmoe.winclip, wmoe.musc)
 
     def to_dict(self) -> dict:
         """A JSON-ready summary (no maps)."""
@@ -233,11 +233,13 @@ class Detector:
         return REFERENCES.get(self.model.backbone, key, compute)
 
     @torch.inference_mode()
-    def encode(self, images: Sequence[ImageInput], *, layers: Iterable[int] | None = None) -> EncodedBatch:
+    def encode(
+        self, images: Sequence[ImageInput], *, layers: Iterable[int] | None = None, raw: Iterable[int] = ()
+    ) -> EncodedBatch:
         """Load and preprocess images, run the frozen backbone once: features any variant can reuse.
 
         layers: blocks to tap; this model's own by default. Give the union of several detectors' layers
-        to serve them all from one pass (see `compare`).
+        to serve them all from one pass (see `compare`). raw: blocks whose raw outputs MuSc also needs.
         """
         timings: dict[str, float] = {}
         start = time.perf_counter()
@@ -246,7 +248,7 @@ class Detector:
         x = torch.stack([to_tensor(im, bb.image_size, bb.mean, bb.std) for im in pils]).to(self.device)
         timings["preprocess"] = time.perf_counter() - start
         with self._autocast():
-            features = self.model.encode(x, layers, timings=timings)
+            features = self.model.encode(x, layers, timings=timings, raw=tuple(raw))
         return EncodedBatch(features, [im.size[::-1] for im in pils], bb, self.device, self.dtype, timings)
 
     @torch.inference_mode()

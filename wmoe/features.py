@@ -3,13 +3,14 @@
 The backbone is nearly all of the cost, so these features are computed once per image and shared:
 by the variants of Compare, by several detectors on one backbone, and by every epoch of training
 (through the feature cache). Patch tokens are keyed by their 1-based block index, so one pass that
-taps the union of several models' layers serves all of them.
+taps the union of several models' layers serves all of them. Methods that score the raw block outputs
+(MuSc, `wmoe.musc`) find them in `raw`, from the same pass, only for the blocks asked for.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -22,12 +23,14 @@ class FeatureMismatchError(WMoEError, ValueError):
 
 @dataclass(frozen=True)
 class BackboneFeatures:
-    """The global embedding and the tapped patch tokens of a batch, in CLIP's joint space."""
+    """The global embedding and the tapped patch tokens of a batch, in CLIP's joint space (and, for the
+    blocks asked for, the raw block outputs)."""
 
     embedding: torch.Tensor  # (B, D) global image embedding, not normalised
     patches: dict[int, torch.Tensor]  # 1-based block index -> (B, N, D) patch tokens after ln_post and proj
     grid: tuple[int, int]  # patch grid (h, w), N = h * w
     image_size: tuple[int, int]  # (H, W) of the model input
+    raw: dict[int, torch.Tensor] = field(default_factory=dict)  # block -> (B, N, W) before ln_post and proj
 
     def __len__(self) -> int:
         return self.embedding.shape[0]
@@ -46,6 +49,16 @@ class BackboneFeatures:
             )
         return [self.patches[k] for k in layers]
 
+    def raw_taps(self, layers: Sequence[int]) -> list[torch.Tensor]:
+        """The raw block outputs of these blocks, in this order; a clear error when one was not kept."""
+        missing = sorted(set(layers) - set(self.raw))
+        if missing:
+            raise FeatureMismatchError(
+                f"these features keep the raw outputs of blocks {sorted(self.raw)}; the method needs "
+                f"{list(layers)} (missing {missing}): encode with raw=... naming them"
+            )
+        return [self.raw[k] for k in layers]
+
     def to(
         self, device: torch.device | str | None = None, dtype: torch.dtype | None = None
     ) -> BackboneFeatures:
@@ -53,14 +66,22 @@ class BackboneFeatures:
             return t.to(device=device, dtype=dtype)
 
         return BackboneFeatures(
-            move(self.embedding), {k: move(v) for k, v in self.patches.items()}, self.grid, self.image_size
+            move(self.embedding),
+            {k: move(v) for k, v in self.patches.items()},
+            self.grid,
+            self.image_size,
+            {k: move(v) for k, v in self.raw.items()},
         )
 
     def select(self, layers: Iterable[int]) -> BackboneFeatures:
-        """Only these blocks' patch tokens (e.g. what one model needs, before storing)."""
+        """Only these blocks' patch tokens and raw outputs (e.g. what one model needs, before storing)."""
         layers = list(layers)
         return BackboneFeatures(
-            self.embedding, dict(zip(layers, self.taps(layers), strict=True)), self.grid, self.image_size
+            self.embedding,
+            dict(zip(layers, self.taps(layers), strict=True)),
+            self.grid,
+            self.image_size,
+            {k: v for k, v in self.raw.items() if k in layers},
         )
 
     def item(self, i: int) -> BackboneFeatures:
@@ -70,21 +91,24 @@ class BackboneFeatures:
             {k: v[i : i + 1] for k, v in self.patches.items()},
             self.grid,
             self.image_size,
+            {k: v[i : i + 1] for k, v in self.raw.items()},
         )
 
     @staticmethod
     def cat(parts: Sequence[BackboneFeatures]) -> BackboneFeatures:
         """Batches with the same layers, grid and input size, stacked into one."""
         first = parts[0]
+        shape = lambda f: (f.layers, sorted(f.raw), f.grid, f.image_size)  # noqa: E731
         for p in parts[1:]:
-            if (p.layers, p.grid, p.image_size) != (first.layers, first.grid, first.image_size):
+            if shape(p) != shape(first):
                 raise FeatureMismatchError(
-                    f"cannot stack features of layers {p.layers}, grid {p.grid}, input {p.image_size} "
-                    f"with layers {first.layers}, grid {first.grid}, input {first.image_size}"
+                    "cannot stack features of (layers, raw blocks, grid, input) "
+                    f"{shape(p)} with {shape(first)}"
                 )
         return BackboneFeatures(
             torch.cat([p.embedding for p in parts]),
             {k: torch.cat([p.patches[k] for p in parts]) for k in first.layers},
             first.grid,
             first.image_size,
+            {k: torch.cat([p.raw[k] for p in parts]) for k in first.raw},
         )

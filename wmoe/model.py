@@ -92,18 +92,27 @@ class WMoECLIP(nn.Module):
         images: torch.Tensor,
         layers: Sequence[int] | None = None,
         timings: dict[str, float] | None = None,
+        raw: Sequence[int] = (),
     ) -> BackboneFeatures:
         """The frozen part: the backbone's features of images (B, 3, S, S).
 
         layers: blocks to tap (1-based); this model's own by default, or a superset shared with
-        other models on the same backbone.
+        other models on the same backbone. raw: blocks whose raw outputs are also kept (`wmoe.musc`).
         """
         clock = _Clock(timings, images.device)
         layers = self.config.layers if layers is None else tuple(sorted(set(layers)))
-        g, taps = self.backbone.encode_image(images, layers)
+        raw = tuple(sorted(set(raw)))
+        if raw:
+            g, taps, kept = self.backbone.encode_image(images, layers, raw=raw)
+        else:
+            (g, taps), kept = self.backbone.encode_image(images, layers), []
         clock.tick("backbone")
         return BackboneFeatures(
-            g, dict(zip(layers, taps, strict=True)), self.backbone.grid, tuple(images.shape[-2:])
+            g,
+            dict(zip(layers, taps, strict=True)),
+            self.backbone.grid,
+            tuple(images.shape[-2:]),
+            dict(zip(raw, kept, strict=True)),
         )
 
     def heads(
