@@ -51,7 +51,7 @@ class Prediction:
     reference_map: np.ndarray | None = None  # (H, W) in [0, 1]: distance to the nearest reference patch
     reference_score: float | None = None  # the largest patch distance (reference map's max on the grid)
     references: int = 0  # how many reference images were used
-    method: str = "WMoE-CLIP"  # the method that produced it (e.g. "WinCLIP", "MuSc"; wmoe.winclip, wmoe.musc)
+    method: str = "WMoE-CLIP"  # what produced it: "CLIP" (training-free baseline), "WinCLIP", "MuSc"...
 
     def to_dict(self) -> dict:
         """A JSON-ready summary (no maps)."""
@@ -379,6 +379,7 @@ class Detector:
             cls_score=float(out.cls_score[i]),
             class_name=name,
             notes=notes,
+            method="CLIP" if self.info.get("training_free") else "WMoE-CLIP",
         )
         if out.routing_weights is not None:
             pred.expert_weights = out.routing_weights[i].float().cpu().numpy()
