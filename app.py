@@ -20,7 +20,7 @@ import gradio as gr
 from demo.analyze import AnalyzeTab
 from demo.batch import BatchTab
 from demo.compare import CompareTab
-from demo.models import Models, checkpoint_list, load_models, status_lines
+from demo.models import Models, checkpoint_list, load_models, load_winclip, status_lines
 from demo.results import Scratch
 from demo.widgets import load_examples
 from wmoe import Detector
@@ -47,12 +47,13 @@ def build_page(
     baseline: Detector | None = None,
     notices=(),
     concurrency: int = 1,
+    winclip=None,
 ) -> Page:
     """The whole page, around models that are already loaded (never loaded per request): one WMoE-CLIP
-    detector or several by name (see `demo.models.load_models`), and the baseline."""
-    models, scratch = Models(detectors, baseline), Scratch()
+    detector or several by name (see `demo.models.load_models`), the baseline and WinCLIP."""
+    models, scratch = Models(detectors, baseline, winclip), Scratch()
     tabs = AnalyzeTab(models, scratch), CompareTab(models, scratch), BatchTab(models, scratch)
-    banner = status_lines(detectors, baseline, notices)
+    banner = status_lines(detectors, baseline, notices, winclip)
     examples = load_examples()
     on_model = dict(concurrency_id="model", concurrency_limit=concurrency)  # all model events share the limit
     page = gr.Blocks(title="WMoE-CLIP anomaly detection", delete_cache=(3600, 3600), analytics_enabled=False)
@@ -72,9 +73,9 @@ def build_page(
     return Page(page, *tabs)
 
 
-def build_app(detectors, baseline=None, notices=(), concurrency: int = 1) -> gr.Blocks:
+def build_app(detectors, baseline=None, notices=(), concurrency: int = 1, winclip=None) -> gr.Blocks:
     """The page as gradio Blocks, ready for `launch` (see `build_page`)."""
-    return build_page(detectors, baseline, notices, concurrency).blocks
+    return build_page(detectors, baseline, notices, concurrency, winclip).blocks
 
 
 def launch(
@@ -131,8 +132,9 @@ def parse_args(argv=None) -> argparse.Namespace:
         "--baseline",
         default="clip",
         choices=["clip", "tiny"],
-        help="the baseline's backbone when no checkpoint loads: clip = ViT-L-14-336 OpenAI "
-        "weights (on disk or reachable); tiny = a tiny random test backbone (meaningless)",
+        help="the training-free methods' backbones: clip = the real weights (ViT-L-14-336 OpenAI for "
+        "the baseline and MuSc, ViT-B-16-plus-240 LAION-400M for WinCLIP; on disk or reachable); "
+        "tiny = tiny random test backbones (meaningless)",
     )
     p.add_argument("--concurrency", type=int, default=1, help="model runs at the same time (default 1)")
     p.add_argument("--max-file-size", default="50mb", help="upload size limit (default 50mb)")
@@ -153,10 +155,11 @@ def main(argv=None):
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     args = parse_args(argv)
     detectors, baseline, notices = load_models(args.checkpoint, args.device, args.dtype, args.baseline)
-    for line in status_lines(detectors, baseline, notices):
+    winclip, missing = load_winclip(args.baseline, args.device)
+    for line in status_lines(detectors, baseline, notices + missing, winclip):
         log.warning("%s", re.sub(r"[*`\\]", "", line))
     launch(
-        build_app(detectors, baseline, notices, args.concurrency),
+        build_app(detectors, baseline, notices + missing, args.concurrency, winclip),
         args.host,
         args.port,
         args.concurrency,

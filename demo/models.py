@@ -1,6 +1,7 @@
-"""The models, loaded once at start: WMoE-CLIP checkpoints by name and the training-free CLIP baseline,
-what the page's banner says about them, and the one place a model runs (inside ZeroGPU's `spaces.GPU`
-on Spaces)."""
+"""The models, loaded once at start: WMoE-CLIP checkpoints by name, the training-free CLIP baseline and
+WinCLIP (MuSc needs no model of its own: it runs on the main backbone), what the page's banner says about
+them, which method a request runs, and the one place a model runs (inside ZeroGPU's `spaces.GPU` on
+Spaces)."""
 
 from __future__ import annotations
 
@@ -15,7 +16,16 @@ from typing import NamedTuple
 from PIL import Image
 
 from demo.guards import md, public, short, user_error
-from wmoe import CheckpointError, ConfigError, Detector, Prediction, WeightsNotFoundError, WMoEConfig
+from wmoe import (
+    CheckpointError,
+    ConfigError,
+    Detector,
+    Prediction,
+    WeightsNotFoundError,
+    WinCLIP,
+    WMoEConfig,
+    musc,
+)
 from wmoe.checkpoint import display_names, includes_backbone
 from wmoe.detector import DETAIL_SIDE, Variant
 
@@ -33,7 +43,10 @@ log = logging.getLogger("wmoe.app")
 UNTRAINED = "untrained model: results are meaningless, for testing the plumbing only"
 RANDOM_BACKBONE = "random backbone weights (a test configuration): results are meaningless"
 BASELINE_NAME = "training-free CLIP baseline"
-LOADED: dict[int, Detector] = {}  # by id(), filled at start: ZeroGPU's forked worker must inherit them all
+WINCLIP_NAME = "WinCLIP (ViT-B-16-plus-240, LAION-400M; zero-shot, no training)"
+LOADED: dict[
+    int, Detector | WinCLIP
+] = {}  # by id(), filled at start: ZeroGPU's forked worker must inherit them all
 
 
 # ----------------------------------------------------------------------------- loading, once at start
@@ -83,11 +96,17 @@ def load_models(
                 "restart.",
             ],
         )
-    return (
-        {},
-        fallback,
-        [f"{why_not} This is the **training-free CLIP baseline** (fixed prompts), not WMoE-CLIP."],
-    )
+    instead = "The training-free methods (WinCLIP, MuSc, the training-free CLIP baseline) run instead."
+    return {}, fallback, [f"{why_not} {instead}"]
+
+
+def load_winclip(baseline: str = "clip", device: str | None = None) -> tuple[WinCLIP | None, list[str]]:
+    """WinCLIP on its own backbone, once (`tiny`: the tiny random test backbone, like `--baseline tiny`),
+    or None and the banner line that says why (missing weights never stop the app)."""
+    try:
+        return (WinCLIP.tiny if baseline == "tiny" else WinCLIP.from_pretrained)(device=device), []
+    except Exception as e:
+        return None, [f"WinCLIP is not available: {why(e)}."]
 
 
 def checkpoint_names(checkpoints: Sequence[str | os.PathLike]) -> list[str]:
@@ -109,11 +128,17 @@ def why(error: Exception) -> str:
 
 
 def status_lines(
-    detectors: Detector | Mapping[str, Detector] | None, baseline: Detector | None, notices=()
+    detectors: Detector | Mapping[str, Detector] | None,
+    baseline: Detector | None,
+    notices=(),
+    winclip: WinCLIP | None = None,
 ) -> list[str]:
-    """What the banner at the top says; empty only for trained checkpoints on real CLIP weights."""
+    """What the banner at the top says (which method Analyze runs when no checkpoint loaded); empty only
+    for trained checkpoints on real CLIP weights."""
     detectors = {"WMoE-CLIP": detectors} if isinstance(detectors, Detector) else dict(detectors or {})
     lines = list(notices)
+    if not detectors and (winclip or baseline):
+        lines.append(f"Analyze runs {training_free_method(winclip, baseline)}.")
     untrained = [name for name, d in detectors.items() if not d.trained]
     if untrained:
         which = "" if len(detectors) == 1 else f" ({', '.join(md(n) for n in untrained)})"
@@ -124,7 +149,21 @@ def status_lines(
             "The CLIP backbone has random weights (a tiny test configuration), so the training-free "
             "baseline is meaningless too."
         )
+    if winclip is not None and includes_backbone(winclip.config):
+        lines.append(
+            f"WinCLIP's backbone has random weights too (a tiny test configuration): {RANDOM_BACKBONE}."
+        )
     return lines
+
+
+def training_free_method(winclip: WinCLIP | None, baseline: Detector | None) -> str:
+    """Which method Analyze runs without a checkpoint, in words (the banner; `Models.primary` decides)."""
+    if winclip is not None:
+        return "**WinCLIP** (with reference images: **WinCLIP+**)"
+    return (
+        f"the **{BASELINE_NAME}** (fixed prompts; WinCLIP could not load); with reference images, "
+        "their **reference map alone** (the baseline is not trained, so its map is not averaged in)"
+    )
 
 
 # ----------------------------------------------------------------------------- the loaded models
@@ -140,13 +179,22 @@ class Chosen(NamedTuple):
 
 class Models:
     """The loaded models every tab uses: WMoE-CLIP checkpoints by name (`detectors`: one Detector, a
-    {name: Detector} mapping, or None) and the training-free CLIP baseline (or None)."""
+    {name: Detector} mapping, or None), the training-free CLIP baseline and WinCLIP (each or None)."""
 
-    def __init__(self, detectors: Detector | Mapping[str, Detector] | None, baseline: Detector | None):
+    def __init__(
+        self,
+        detectors: Detector | Mapping[str, Detector] | None,
+        baseline: Detector | None,
+        winclip: WinCLIP | None = None,
+    ):
         if isinstance(detectors, Detector):
             detectors = {"WMoE-CLIP": detectors}
-        self.detectors, self.baseline = dict(detectors or {}), baseline
-        LOADED.update({id(d): d for d in (*self.detectors.values(), baseline) if d is not None})
+        self.detectors, self.baseline, self.winclip = dict(detectors or {}), baseline, winclip
+        LOADED.update({id(d): d for d in (*self.detectors.values(), baseline, winclip) if d is not None})
+
+    @property
+    def can_run(self) -> bool:
+        return bool(self.shown) or self.winclip is not None
 
     @property
     def shown(self) -> list[Detector]:
@@ -165,26 +213,41 @@ class Models:
             )
         return name, self.detectors[name]
 
-    def primary(self, name: str | None = None) -> Chosen:
-        """The model Analyze and Batch use (the checkpoint called `name`, else the first, else the baseline)."""
+    def primary(self, name: str | None = None, *, winclip: bool = True) -> Chosen:
+        """The model Analyze (and, with `winclip=False`, Batch) uses: the checkpoint called `name`, else the
+        first, else WinCLIP, else the baseline."""
         if self.detectors:
             name, d = self.checkpoint(name)
             return Chosen(d, describe(name, d))
+        if winclip and self.winclip is not None:
+            return Chosen(self.winclip, training_free(WINCLIP_NAME, self.winclip.config))
         if self.baseline is not None:
-            b = self.baseline
             return Chosen(
-                b,
-                {
-                    "name": f"{BASELINE_NAME} (fixed prompts)",
-                    "training_free": True,
-                    "backbone": b.config.backbone,
-                    "warning": RANDOM_BACKBONE if includes_backbone(b.config) else None,
-                },
+                self.baseline, training_free(f"{BASELINE_NAME} (fixed prompts)", self.baseline.config)
             )
         raise user_error(
             "Nothing can run here: no checkpoint and no CLIP backbone weights (see the note at the top).",
             title="No model",
         )
+
+
+def training_free(name: str, config: WMoEConfig) -> dict:
+    """How results name a training-free method (`describe` for checkpoints)."""
+    warning = RANDOM_BACKBONE if includes_backbone(config) else None
+    return {"name": name, "training_free": True, "backbone": config.backbone, "warning": warning}
+
+
+def references_alone(model: Detector | WinCLIP) -> bool:
+    """Whether this model's result with reference images is their reference part alone: a never-trained
+    zero-shot part is not averaged in (the rule is `wmoe.references.combine(..., trained=)`)."""
+    return isinstance(model, Detector) and not model.trained
+
+
+def map_labels(model: Detector | WinCLIP) -> list[str]:
+    """What each of a prediction's `layer_maps` is: a tapped CLIP layer, or WinCLIP's scale."""
+    if isinstance(model, WinCLIP):
+        return ["whole image"] + [f"{k} x {k} windows" for k in model.scales]
+    return [f"layer {layer}" for layer in model.config.layers]
 
 
 def describe(name: str, detector: Detector) -> dict:
@@ -216,6 +279,34 @@ def run_model(
     return _predict(id(detector), images, class_name, ctds_samples, (), references, detail_side)
 
 
+def run_one(
+    model: Detector | WinCLIP,
+    image: Image.Image,
+    class_name: str,
+    ctds_samples: int = 0,
+    references: list[Image.Image] | None = None,
+    detail_side: int = DETAIL_SIDE,
+) -> Prediction:
+    """One image through the model `Models.primary` chose: a detector (`run_model`) or WinCLIP
+    (`run_winclip`, which has no CTDS; its scale maps come at `DETAIL_SIDE`)."""
+    if isinstance(model, WinCLIP):
+        return run_winclip(model, image, class_name, references)
+    return run_model(model, [image], class_name, ctds_samples, references, detail_side)[0]
+
+
+def run_winclip(
+    winclip: WinCLIP, image: Image.Image, class_name: str, references: list[Image.Image] | None = None
+) -> Prediction:
+    """WinCLIP on one image, WinCLIP+ with `references`: one pass of WinCLIP's own backbone."""
+    return _winclip(id(winclip), image, class_name, references)
+
+
+def run_musc(detector: Detector, images: list[Image.Image], class_name: str) -> list[Prediction]:
+    """MuSc on images of one class, scored against each other: one pass of `detector`'s backbone, maps
+    normalised over these images (`wmoe.musc.predict_batch`)."""
+    return _musc(id(detector), images, class_name)
+
+
 def run_variants(
     detector: Detector, image: Image.Image, class_name: str, variants: list[Variant]
 ) -> list[Prediction]:
@@ -245,3 +336,13 @@ def _predict(
     return detector.predict_batch(
         images, class_name, ctds_samples=ctds_samples, references=references, detail_side=detail_side
     )
+
+
+@gpu
+def _winclip(key: int, image, class_name: str, references: list | None) -> Prediction:
+    return LOADED[key].predict(image, class_name, references=references)
+
+
+@gpu
+def _musc(key: int, images: list, class_name: str) -> list[Prediction]:
+    return musc.predict_batch(LOADED[key], images, class_name)
