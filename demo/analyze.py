@@ -12,7 +12,7 @@ import numpy as np
 from PIL import Image
 
 from demo.guards import checked, display_settings, md, safe_stem, short, upload_image, user_errors, valid
-from demo.models import Models, run_model
+from demo.models import Models, map_labels, references_alone, run_one
 from demo.results import (
     THUMB_SIDE,
     Scratch,
@@ -33,7 +33,7 @@ from demo.widgets import (
     scale_radio,
     threshold_slider,
 )
-from wmoe import Prediction
+from wmoe import Detector, Prediction
 from wmoe.precision import dtype_name
 from wmoe.references import load_references
 from wmoe.render import colorize, map_to_png16, overlay, routing_chart
@@ -54,7 +54,8 @@ class Result:
     pred: Prediction
     stem: str
     about: dict  # how results describe the model (`Models.primary`)
-    layers: tuple[int, ...]
+    labels: list[str]  # what each layer map is (`models.map_labels`)
+    references_alone: bool  # with references: the map shown is their part alone (`models.references_alone`)
     map_files: list[Path] = field(default_factory=list)
 
 
@@ -81,7 +82,7 @@ class AnalyzeTab:
 
     def layout(self, examples: list, on_model: dict):
         shown = self.models.shown
-        can_run = bool(shown)
+        can_run = self.models.can_run
         has_moe = any(m.config.use_moe for m in shown)  # components no model can fill are not shown at all
         has_ctds = any(m.config.use_ctds for m in shown)
         with gr.Row():
@@ -246,7 +247,8 @@ class AnalyzeTab:
         checkpoint: str = "",
         references: list[str] | None = None,
     ):
-        """Find where an object in a photo is abnormal: heatmap overlay, score, SA-MoE routing, maps.
+        """Find where an object in a photo is abnormal: heatmap overlay, score, SA-MoE routing, maps. Without
+        a WMoE-CLIP checkpoint: WinCLIP (WinCLIP+ with references), else the training-free CLIP baseline.
 
         Args:
             image_path (str): the image to analyse (PNG, JPEG, TIFF, BMP, GIF, WebP...).
@@ -275,25 +277,29 @@ class AnalyzeTab:
         detector, about = self.models.primary(checkpoint)
         image = upload_image(image_path)
         refs = reference_images(references)
+        small = thumbnail(image)  # the detail maps' own size (both from wmoe.detector.detail_size)
         samples = CTDS_SAMPLES if sample_ctds else 0
-        [pred] = run_model(detector, [image], class_name, samples, refs, detail_side=THUMB_SIDE)
+        pred = run_one(detector, image, class_name, samples, refs, detail_side=THUMB_SIDE)
+        if pred.layer_maps.shape[1:] != small.size[::-1]:  # WinCLIP's scale maps: shrunk once, here
+            pred.layer_maps = np.stack([shrink(m, small.size) for m in pred.layer_maps])
         if sample_ctds and pred.uncertainty_map is None:
             pred.notes.append("this model has no CTDS module, so there is no uncertainty map")
-        small = thumbnail(image)  # the detail maps' own size (both from wmoe.detector.detail_size)
         if pred.references:  # the two parts come at the image's size: shrunk once, here
             pred.zero_shot_map = shrink(pred.zero_shot_map, small.size)
             pred.reference_map = shrink(pred.reference_map, small.size)
         else:
             pred.zero_shot_map = None  # the anomaly map itself, not shown apart
-        result = Result(image, small, pred, safe_stem(image_path), about, detector.config.layers)
+        stem, alone = safe_stem(image_path), references_alone(detector)
+        result = Result(image, small, pred, stem, about, map_labels(detector), alone)
         chart = None
         if pred.expert_weights is not None:
             chart = routing_chart(
                 pred.expert_weights, pred.expert_scores, title="SA-MoE routing (this image)"
             )
             chart = png(chart, self.scratch.new() / "routing.png")
+        precision = dtype_name(detector.dtype) if isinstance(detector, Detector) else "fp32"
         timings = (
-            f"**Time per stage** on `{detector.device}` ({dtype_name(detector.dtype)}): "
+            f"**Time per stage** on `{detector.device}` ({precision}): "
             + ", ".join(f"{k} {v * 1000:.1f} ms" for k, v in pred.timings.items())
             + f"; **total {sum(pred.timings.values()) * 1000:.1f} ms**"
         )
@@ -329,7 +335,7 @@ class AnalyzeTab:
         valid("the class name", class_name, str)
         valid("the threshold", threshold)
         detector, about = self.models.primary(checkpoint)
-        [pred] = run_model(detector, [upload_image(image_path)], class_name)
+        pred = run_one(detector, upload_image(image_path), class_name)
         return result_json(pred, threshold, about) | {"anomaly_map_png16": png16_base64(pred.anomaly_map)}
 
     @user_errors
@@ -350,7 +356,7 @@ class AnalyzeTab:
         area = 100 * float((p.anomaly_map >= threshold).mean())
         lines = [
             f"### Score {p.score:.3f}: **{decision(p.score, threshold)}** at threshold {threshold:.2f}",
-            f"Model: {result.about['name']}{warning}",
+            f"Method: **{p.method}** | model: {result.about['name']}{warning}",
             f"Class: {md(short(p.class_name))} | image {result.image.width}x{result.image.height} px | "
             f"area at or above the threshold: {area:.1f}%",
             f"CLS-vs-text score {p.cls_score:.3f}"
@@ -365,10 +371,15 @@ class AnalyzeTab:
             )
         parts = []
         if p.references:
+            shown_as = (
+                "the score and the map shown are the reference part alone (this zero-shot part was never "
+                "trained, so it is not averaged in)"
+                if result.references_alone
+                else "the score and the map shown are the mean of the two parts"
+            )
             lines.append(
                 f"With {p.references} reference image(s): zero-shot score {p.zero_shot_score:.3f}, "
-                f"reference score {p.reference_score:.3f} (the largest patch distance); the score and "
-                "the map shown are the mean of the two parts"
+                f"reference score {p.reference_score:.3f} (the largest patch distance); {shown_as}"
             )
             parts = [
                 (
@@ -392,10 +403,10 @@ class AnalyzeTab:
             ]
         layers = [
             (
-                saved(overlay(small, lmap, opacity=opacity, stretch=stretch), f"layer{layer}"),
-                f"layer {layer}: max {lmap.max():.2f}",
+                saved(overlay(small, lmap, opacity=opacity, stretch=stretch), f"layer{i}"),
+                f"{label}: max {lmap.max():.2f}",
             )
-            for layer, lmap in zip(result.layers, p.layer_maps, strict=True)
+            for i, (label, lmap) in enumerate(zip(result.labels, p.layer_maps, strict=True))
         ]
         uncertainty = None
         if p.uncertainty_map is not None:  # a std of probabilities is at most 0.5: the fixed scale is 0..0.5
