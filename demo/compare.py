@@ -1,9 +1,11 @@
-"""The Compare tab: one image through every loaded checkpoint, the ablations of one and the training-free
-baseline, side by side on one colour scale. A column is a `wmoe.detector.Variant`; adding one is adding it
-to `Compare.variants`."""
+"""The Compare tab, the paper's Figure 2: one image through every loaded checkpoint, the ablations of one,
+WinCLIP and the training-free CLIP baseline (with references: WinCLIP+ and the references alone), side by
+side on one colour scale, one backbone pass per distinct backbone. A column is a `wmoe.detector.Variant`
+(WinCLIP's has the `WinCLIP` model as its detector); adding one is adding it to `CompareTab.variants`."""
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import NamedTuple
 
 import gradio as gr
@@ -11,7 +13,7 @@ import numpy as np
 
 from demo.analyze import reference_images
 from demo.guards import display_settings, md, upload_image, user_errors, valid
-from demo.models import BASELINE_NAME, Models, run_variants
+from demo.models import BASELINE_NAME, Models, run_variants, run_winclip
 from demo.results import Scratch, decision, png, shrink, stretch_to, thumbnail
 from demo.widgets import (
     checkpoint_menu,
@@ -23,6 +25,7 @@ from demo.widgets import (
     scale_radio,
     threshold_slider,
 )
+from wmoe import Prediction, WinCLIP
 from wmoe.detector import Variant
 from wmoe.render import overlay
 
@@ -45,12 +48,44 @@ ABLATIONS = [
 ]
 
 
+REFERENCES_ALONE = "references alone"
+
+
 def by_backbone(variants: list[Variant]) -> list[list[Variant]]:
-    """Variants grouped by the backbone object their detector runs on, in first-seen order."""
+    """Variants grouped by the backbone object their detector (or WinCLIP) runs on, in first-seen order."""
     groups: dict[int, list[Variant]] = {}
     for v in variants:
-        groups.setdefault(id(v.detector.model.backbone), []).append(v)
+        model = v.detector
+        groups.setdefault(
+            id(model.backbone if isinstance(model, WinCLIP) else model.model.backbone), []
+        ).append(v)
     return list(groups.values())
+
+
+def zero_shot_part(pred: Prediction) -> Prediction:
+    """WinCLIP from a WinCLIP+ prediction: its zero-shot map and score, computed in the same pass."""
+    if not pred.references:
+        return pred
+    return replace(
+        pred,
+        anomaly_map=pred.zero_shot_map,
+        score=pred.zero_shot_score,
+        reference_map=None,
+        reference_score=None,
+        references=0,
+        method="WinCLIP",
+    )
+
+
+def run_group(group: list[Variant], image, class_name: str) -> list[Prediction]:
+    """The predictions of variants on one backbone, from one pass of it: the detectors' heads on one
+    `Detector.encode`, or one WinCLIP(+) run whose zero-shot part is the WinCLIP column."""
+    model = group[0].detector
+    if not isinstance(model, WinCLIP):
+        return run_variants(model, image, class_name, group)
+    references = next((v.references for v in group if v.references), None)
+    full = run_winclip(model, image, class_name, references)
+    return [full if v.references else zero_shot_part(full) for v in group]
 
 
 class CompareTab:
@@ -61,10 +96,11 @@ class CompareTab:
 
     def layout(self, examples: list, on_model: dict):
         gr.Markdown(
-            "One image through every loaded checkpoint and the variants of one, side by side on "
-            "one colour scale: full WMoE-CLIP; without WCMA; without CTDS; SA-MoE with uniform "
-            "expert weights; and the training-free CLIP baseline with fixed prompts. Models on one "
-            "backbone share one backbone pass."
+            "One image through every method, side by side on one colour scale (the paper's Figure 2): "
+            "each loaded WMoE-CLIP checkpoint and the variants of one (without WCMA; without CTDS; "
+            "SA-MoE with uniform expert weights), WinCLIP, and the training-free CLIP baseline with "
+            "fixed prompts; with reference images also WinCLIP+ and the references alone. Methods on "
+            "one backbone share one backbone pass."
         )
         with gr.Row():
             with gr.Column(scale=1):
@@ -76,7 +112,7 @@ class CompareTab:
                 threshold, opacity = threshold_slider(), opacity_slider()
                 scale = scale_radio("Colour scale (shared by all variants)")
                 run = gr.Button(
-                    "Compare", variant="primary", elem_id="compare-run", interactive=bool(self.models.shown)
+                    "Compare", variant="primary", elem_id="compare-run", interactive=self.models.can_run
                 )
                 examples_for(examples, [image, class_name], "compare-examples")
             with gr.Column(scale=3):
@@ -107,9 +143,9 @@ class CompareTab:
         checkpoint: str = "",
         references: list[str] | None = None,
     ) -> dict:
-        """One image through every loaded checkpoint, the ablations of one (without WCMA; without CTDS;
-        uniform routing) and the training-free CLIP baseline, side by side on one colour scale; with
-        reference images, each checkpoint and the baseline also with them.
+        """One image through every method side by side on one colour scale: every loaded checkpoint, the
+        ablations of one (without WCMA; without CTDS; uniform routing), WinCLIP and the training-free CLIP
+        baseline; with reference images, each checkpoint with them, WinCLIP+ and the references alone.
 
         Args:
             image_path (str): the image to analyse (PNG, JPEG, TIFF, BMP, GIF, WebP...).
@@ -122,7 +158,7 @@ class CompareTab:
 
         Returns:
             variants: one overlay per variant, captioned with its image score
-            scores: Markdown table of each variant's score, decision, CLS and SA-MoE scores
+            scores: Markdown table of each variant's method, score, decision, CLS and SA-MoE scores
         """
         valid("the class name", class_name, str)
         display_settings(threshold, opacity, scale)
@@ -130,8 +166,8 @@ class CompareTab:
         image = upload_image(image_path)
         variants, missing = self.variants(checkpoint, reference_images(references))
         predictions = {}
-        for group in by_backbone(variants):  # one backbone pass per distinct backbone (usually one)
-            preds = run_variants(group[0].detector, image, class_name, group)
+        for group in by_backbone(variants):  # one backbone pass per distinct backbone
+            preds = run_group(group, image, class_name)
             predictions.update({v.name: p for v, p in zip(group, preds, strict=True)})
         runs = [(v.name, predictions[v.name]) for v in variants]
         maps = [p.anomaly_map for _, p in runs]
@@ -156,11 +192,11 @@ class CompareTab:
             for i, (name, p) in enumerate(runs)
         ]
         table = [
-            "| variant | image score | decision | CLS score | SA-MoE score |",
-            "|---|---:|---|---:|---:|",
+            "| variant | method | image score | decision | CLS score | SA-MoE score |",
+            "|---|---|---:|---|---:|---:|",
         ]
         table += [
-            f"| {name} | {p.score:.3f} | {decision(p.score, threshold)} | {p.cls_score:.3f} | "
+            f"| {name} | {p.method} | {p.score:.3f} | {decision(p.score, threshold)} | {p.cls_score:.3f} | "
             f"{'-' if p.moe_score is None else f'{p.moe_score:.3f}'} |"
             for name, p in runs
         ]
@@ -177,9 +213,11 @@ class CompareTab:
 
     def variants(self, chosen: str | None, references: list | None = None) -> tuple[list[Variant], list[str]]:
         """Compare's columns: each checkpoint in full, then the chosen one's ablations (those its modules
-        allow), then the baseline, then with references each checkpoint and the baseline again with them;
-        and what could not be shown, in words."""
+        allow), WinCLIP, the baseline; then with references each checkpoint with them, WinCLIP+ and the
+        references alone (the never-trained baseline with them: their part alone); and what could not be
+        shown, in words."""
         detectors, variants, missing = self.models.detectors, [], []
+        winclip, baseline = self.models.winclip, self.models.baseline
         if not detectors:
             missing.append("the WMoE-CLIP variants need a checkpoint")
         else:
@@ -195,11 +233,18 @@ class CompareTab:
                     missing.append(f"{label}: this checkpoint has no {a.module} module")
                     continue
                 variants.append(Variant(label, detector, a.skip))
-        if self.models.baseline is not None:
-            variants.append(Variant(BASELINE_NAME, self.models.baseline))
+        if winclip is not None:
+            variants.append(Variant("WinCLIP", winclip))
+        else:
+            missing.append("WinCLIP, which could not load (see the note at the top)")
+        if baseline is not None:
+            variants.append(Variant(BASELINE_NAME, baseline))
         if references:
+            named = {id(winclip): "WinCLIP+", id(baseline): REFERENCES_ALONE}
             variants += [
-                Variant(f"{v.name} + references", v.detector, references=references)
+                Variant(
+                    named.get(id(v.detector), f"{v.name} + references"), v.detector, references=references
+                )
                 for v in variants
                 if not v.skip
             ]
