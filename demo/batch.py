@@ -1,5 +1,6 @@
-"""The Batch tab: several images or .zip files of one kind of object scored in chunks; a gallery sorted by
-score, a CSV, and the routing per image and per class. Unreadable files are listed with the reason."""
+"""The Batch tab: several images or .zip files of one kind of object scored in chunks, or, ticked, each
+class's images scored against each other by MuSc; a gallery sorted by score, a CSV, and the routing per
+image and per class. Unreadable files are listed with the reason."""
 
 from __future__ import annotations
 
@@ -20,10 +21,12 @@ from demo.guards import (
     valid,
     without_name,
 )
-from demo.models import Models, run_model
+from demo.models import RANDOM_BACKBONE, Models, run_model, run_musc
 from demo.results import Scratch, decision, png, shrink, thumbnail, write_csv
 from demo.widgets import checkpoint_menu, class_box, threshold_slider
 from wmoe import ImageError
+from wmoe.checkpoint import includes_backbone
+from wmoe.musc import min_images
 from wmoe.render import class_routing_chart, overlay, routing_strip
 from wmoe.routing import routing_by_class
 
@@ -62,6 +65,13 @@ class BatchTab:
                 )
                 checked(from_folder, "the class name from the zip folder", (False, True))
                 checkpoint = checkpoint_menu(list(self.models.detectors), "batch-checkpoint")
+                musc = gr.Checkbox(
+                    label=f"Score the batch against itself (MuSc): needs at least {min_images()} images of "
+                    "a class (of each zip folder when the class comes from the folder)",
+                    visible=bool(self.models.shown),
+                    elem_id="batch-musc",
+                )
+                checked(musc, "MuSc", (False, True))
                 run = gr.Button(
                     "Score all", variant="primary", elem_id="batch-run", interactive=bool(self.models.shown)
                 )
@@ -97,7 +107,7 @@ class BatchTab:
         )
         run.click(
             self.batch,
-            [files, class_name, threshold, from_folder, checkpoint],
+            [files, class_name, threshold, from_folder, checkpoint, musc],
             [self.gallery, self.summary, self.csv, self.strips, self.routing, self.chart],
             api_name="batch",
             **on_model,
@@ -111,10 +121,12 @@ class BatchTab:
         threshold: float,
         class_from_folder: bool = False,
         checkpoint: str = "",
+        musc: bool = False,
         progress=gr.Progress(),  # noqa: B008 (gradio's way)
     ) -> dict:
         """Score several images, or .zip files of images, of one kind of object (at most
-        100 per request; the rest are listed as not processed).
+        100 per request; the rest are listed as not processed); or, with `musc`, score each class's
+        images against each other (MuSc, no training, no prompts: at least 5 images of a class).
 
         Args:
             paths (list[str]): the images, or .zip files of images.
@@ -122,6 +134,8 @@ class BatchTab:
             threshold (float): 0..1; images scoring at or above it are called anomalous.
             class_from_folder (bool): an image in a folder of a .zip takes the folder's name as its class name.
             checkpoint (str): which loaded checkpoint runs, by name (folder name or Hub repo id); "" = the first.
+            musc (bool): score the batch against itself with MuSc on the main backbone (one pass per
+                class; maps normalised over the class's images), instead of the model.
 
         Returns:
             gallery: overlays sorted by score, highest first
@@ -134,7 +148,10 @@ class BatchTab:
         valid("the class name", class_name, str)
         valid("the threshold", threshold)
         valid("the class name from the zip folder", class_from_folder, (False, True))
-        detector, about = self.models.primary(checkpoint)
+        valid("MuSc", musc, (False, True))
+        detector, about = self.models.primary(checkpoint, winclip=False)
+        if musc:
+            about = musc_about(detector)
         if not paths:
             raise user_error("Choose some images (or a .zip of images) first.", title="No files")
         items = list(batch_items(paths))
@@ -144,25 +161,27 @@ class BatchTab:
         ]
         items = items[:MAX_BATCH_IMAGES]
         folder, rows = self.scratch.new(), []
+
+        def add(name: str, image, p):  # one scored image: its overlay for the gallery
+            target = folder / f"{len(rows):03d}_{safe_stem(name)}.png"
+            small = thumbnail(image)
+            overlay(small, shrink(p.anomaly_map, small.size), threshold=threshold).save(target)
+            rows.append((name, p, target))
+
+        def class_of(name: str) -> str:
+            return (folder_class(name) or class_name) if class_from_folder else class_name
+
         progress((0, len(items)), desc="Scoring", unit="images")
-        for start in range(0, len(items), BATCH_CHUNK):
-            loaded = []
-            for name, loader in items[start : start + BATCH_CHUNK]:
-                try:
-                    loaded.append((name, loader()))
-                except ImageError as e:  # listed with its reason; the others are still scored
-                    errors.append((name, without_name(str(e), name)))
-            if loaded:
-                names = [
-                    (folder_class(n) or class_name) if class_from_folder else class_name for n, _ in loaded
-                ]
-                preds = run_model(detector, [im for _, im in loaded], names)
-                for (name, im), p in zip(loaded, preds, strict=True):
-                    target = folder / f"{len(rows):03d}_{safe_stem(name)}.png"
-                    small = thumbnail(im)
-                    overlay(small, shrink(p.anomaly_map, small.size), threshold=threshold).save(target)
-                    rows.append((name, p, target))
-            progress((min(start + BATCH_CHUNK, len(items)), len(items)), desc="Scoring", unit="images")
+        if musc:
+            score_by_musc(detector, items, class_of, add, errors)
+        else:
+            for start in range(0, len(items), BATCH_CHUNK):
+                loaded = read(items[start : start + BATCH_CHUNK], errors)
+                if loaded:
+                    preds = run_model(detector, [im for _, im in loaded], [class_of(n) for n, _ in loaded])
+                    for (name, im), p in zip(loaded, preds, strict=True):
+                        add(name, im, p)
+                progress((min(start + BATCH_CHUNK, len(items)), len(items)), desc="Scoring", unit="images")
         rows.sort(key=lambda r: -r[1].score)
         gallery = [
             (str(target), f"{name}: {p.score:.3f} ({decision(p.score, threshold)})")
@@ -171,9 +190,10 @@ class BatchTab:
         csv_path = folder / "scores.csv"
         write_csv(csv_path, rows, errors, threshold, about)
         warning = f" (**{about['warning']}**)" if about["warning"] else ""
+        scale = "normalised over each class's images (MuSc)" if musc else "fixed 0..1"
         head = [
             f"{len(rows)} image(s) scored, sorted by score (highest first); threshold {threshold:.2f}; "
-            f"colour scale fixed 0..1. Model: {about['name']}{warning}"
+            f"colour scale {scale}. Method: **{', '.join(sorted({p.method for _, p, _ in rows}))}** | model: {about['name']}{warning}"
         ]
         if errors:
             head.append(
@@ -184,12 +204,18 @@ class BatchTab:
             self.gallery: gallery,
             self.summary: "\n\n".join(head),
             self.csv: str(csv_path),
-            **self.routing_outputs(rows, folder),
+            **self.routing_outputs(rows, folder, musc),
         }
 
-    def routing_outputs(self, rows, folder: Path) -> dict:
+    def routing_outputs(self, rows, folder: Path, musc: bool = False) -> dict:
         """Routing strips (in the gallery's order), the table of the mean routing per class, its chart."""
         routed = [(name, p) for name, p, _ in rows if p.expert_weights is not None]
+        if musc:
+            return {
+                self.strips: [],
+                self.routing: "MuSc has no experts, so there is no routing.",
+                self.chart: None,
+            }
         if not routed:
             note = "This model has no SA-MoE: no routing weights." if rows else ""
             return {self.strips: [], self.routing: note, self.chart: None}
@@ -224,3 +250,52 @@ class BatchTab:
             self.routing: note + "\n\n" + "\n".join(table),
             self.chart: png(chart, folder / "routing_by_class.png"),
         }
+
+
+def musc_about(detector) -> dict:
+    """How Batch's results describe MuSc (the CSV's model column, the summary)."""
+    warning = RANDOM_BACKBONE if includes_backbone(detector.config) else None
+    name = f"MuSc on {detector.config.backbone} (the batch scored against itself; no training, no prompts)"
+    return {
+        "name": name,
+        "training_free": True,
+        "backbone": detector.config.backbone,
+        "warning": warning,
+    }
+
+
+def read(items, errors: list) -> list:
+    """(name, image) of the items that decode; the others go to `errors` with their reason (the rest are
+    still scored)."""
+    loaded = []
+    for name, loader in items:
+        try:
+            loaded.append((name, loader()))
+        except ImageError as e:
+            errors.append((name, without_name(str(e), name)))
+    return loaded
+
+
+def score_by_musc(detector, items, class_of, add, errors: list):
+    """MuSc per class: the readable images of each class scored against each other in one pass of the
+    main backbone (`run_musc`); a class with fewer than `min_images()` is listed, not scored."""
+    by_class: dict[str, list] = {}
+    for name, image in read(items, errors):
+        by_class.setdefault(class_of(name), []).append((name, image))
+    need, scored = min_images(), False
+    for cls, loaded in by_class.items():
+        if len(loaded) < need:
+            why = f"not scored: MuSc needs at least {need} images of a class, '{short(cls, 60)}' has {len(loaded)}"
+            errors += [(name, why) for name, _ in loaded]
+            continue
+        for (name, image), p in zip(loaded, run_musc(detector, [im for _, im in loaded], cls), strict=True):
+            add(name, image, p)
+        scored = True
+    if by_class and not scored:
+        raise user_error(
+            f"MuSc scores each image against the other images of its class, so it needs at least {need} "
+            "readable images of a class; "
+            + ", ".join(f"'{md(short(c, 60))}' has {len(v)}" for c, v in by_class.items())
+            + ".",
+            title="Too few images for MuSc",
+        )

@@ -301,7 +301,7 @@ def with_file(endpoint: str, value) -> list:
     return {
         "analyze": [value, "part", 0.5, 0.5, "fixed", False, None, None],
         "compare": [value, "part", 0.5, 0.5, "fixed", None, None],
-        "batch": [[value], "part", 0.5, False, None],
+        "batch": [[value], "part", 0.5, False, None, False],
         "predict_json": [value, "part", 0.5, None],
     }[endpoint]
 
@@ -506,7 +506,7 @@ def bad_values(endpoint: str) -> list[tuple[int, str]]:
     if endpoint == "analyze":
         out += [(5, v) for v in BAD_FLAGS]
     if endpoint == "batch":
-        out += [(3, v) for v in BAD_FLAGS]
+        out += [(i, v) for i in (3, 5) for v in BAD_FLAGS]  # class from folder, MuSc
     return out
 
 
