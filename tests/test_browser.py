@@ -114,7 +114,8 @@ def save_small(source: Path, target: Path):
 
 @pytest.fixture(scope="module")
 def two_url(tmp_path_factory):
-    """Two tiny untrained checkpoints on one backbone (alpha, beta), as `app.py --checkpoint A --checkpoint B`."""
+    """Two tiny untrained checkpoints on one backbone (alpha, beta) and WinCLIP, as `app.py --checkpoint A
+    --checkpoint B --baseline tiny`."""
     from support.helpers import randomize_heads
 
     from wmoe import WMoECLIP, WMoEConfig, save_pretrained
@@ -122,7 +123,8 @@ def two_url(tmp_path_factory):
     root = tmp_path_factory.mktemp("two-browser")
     for name, seed in [("alpha", 1), ("beta", 2)]:
         save_pretrained(randomize_heads(WMoECLIP(WMoEConfig.tiny()), seed=seed), root / name)
-    demo, url = serve(*app.load_models([str(root / "alpha"), str(root / "beta")]))
+    winclip, _ = app.load_winclip("tiny")  # every method in Compare (random backbones)
+    demo, url = serve(*app.load_models([str(root / "alpha"), str(root / "beta")]), winclip=winclip)
     yield url
     demo.close()
 
@@ -189,6 +191,7 @@ def test_references_checkpoints_and_batch_routing_in_chromium(two_url, tmp_path)
             expect(page.locator("#compare-scores")).to_contain_text("alpha", timeout=60_000)
             expect(page.locator("#compare-scores")).to_contain_text("beta")
             expect(page.locator("#compare-scores")).to_contain_text("training-free CLIP baseline")
+            expect(page.locator("#compare-scores")).to_contain_text("WinCLIP")
             page.wait_for_function("() => [...document.querySelectorAll('img')].every(i => i.complete)")
             shoot(page, gallery, tmp_path, REPO / "assets" / "screenshot_checkpoints.png")
 
@@ -208,5 +211,53 @@ def test_references_checkpoints_and_batch_routing_in_chromium(two_url, tmp_path)
                 tmp_path,
                 REPO / "assets" / "screenshot_batch_routing.png",
             )
+        finally:
+            browser.close()
+
+
+def test_every_method_in_compare_and_musc_in_batch_in_chromium(two_url, tmp_path):
+    """Compare with references shows every method (WinCLIP+ and the references alone too); Batch scores a
+    folder of six images against itself with MuSc and says there is no routing."""
+    import zipfile
+
+    expect = playwright.expect
+    good = REPO / "assets" / "examples" / "brick_good.png"
+    archive = tmp_path / "bricks.zip"
+    with zipfile.ZipFile(archive, "w") as z:
+        for i in range(6):
+            z.write(EXAMPLE if i == 0 else good, f"brick/{i}.png")
+    with playwright.sync_playwright() as p:
+        browser = p.chromium.launch_persistent_context(
+            user_data_dir=str(tmp_path / "profile"),
+            executable_path=str(CHROMIUM),
+            headless=True,
+            args=FLAGS,
+            viewport={"width": 1280, "height": 900},
+        )
+        try:
+            page = browser.new_page()
+            page.goto(two_url)
+            page.get_by_role("tab", name="Compare").click()
+            page.locator("#compare-image input[type=file]").set_input_files(str(EXAMPLE))
+            expect(page.locator("#compare-image img")).to_be_visible(timeout=15_000)
+            page.locator("#compare-references input[type=file]").set_input_files([str(good)])
+            expect(page.locator("#compare-references")).to_contain_text("brick_good", timeout=15_000)
+            page.locator("#compare-run").click()
+            scores = page.locator("#compare-scores")
+            expect(scores).to_contain_text("references alone", timeout=90_000)
+            for name in ("alpha", "beta", "WinCLIP", "WinCLIP+", "training-free CLIP baseline"):
+                expect(scores).to_contain_text(name)
+            expect(page.locator("#compare-gallery img").first).to_be_visible()
+
+            page.get_by_role("tab", name="Batch").click()
+            page.locator("#batch-files input[type=file]").set_input_files(str(archive))
+            expect(page.locator("#batch-files")).to_contain_text("bricks", timeout=15_000)
+            page.locator("#batch-class-from-folder input").check()
+            page.locator("#batch-musc input").check()
+            page.locator("#batch-run").click()
+            expect(page.locator("#batch-summary")).to_contain_text("Method: MuSc", timeout=90_000)
+            expect(page.locator("#batch-summary")).to_contain_text("6 image(s) scored")
+            expect(page.locator("#batch-routing")).to_contain_text("MuSc has no experts")
+            expect(page.locator("#batch-gallery img")).to_have_count(6, timeout=30_000)
         finally:
             browser.close()

@@ -15,10 +15,10 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def serve(detector, baseline, notices=(), concurrency: int = 1, **launch_options):
-    """(demo, url), launched exactly as `python app.py --concurrency N` launches it; call demo.close() when
-    done."""
-    demo = app.build_app(detector, baseline, notices, concurrency)
+def serve(detector, baseline, notices=(), concurrency: int = 1, winclip=None, **launch_options):
+    """(demo, url), launched exactly as `python app.py --concurrency N` launches it (with `winclip`, the
+    loaded WinCLIP); call demo.close() when done."""
+    demo = app.build_app(detector, baseline, notices, concurrency, winclip)
     _, url, _ = app.launch(
         demo, "127.0.0.1", free_port(), concurrency, block=False, quiet=True, **launch_options
     )
