@@ -9,16 +9,19 @@ The repository deploys as a Hugging Face Space unchanged (README front matter: a
 from __future__ import annotations
 
 import argparse
+import asyncio
 import html
 import json
 import logging
 import os
 import re
+import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
 import gradio as gr
+import gradio.context
 import gradio.route_utils
 import gradio.utils
 import gradio_client.utils
@@ -36,6 +39,8 @@ from app_views import (
     user_error,
     valid,
 )
+from demo.fetch import FetchError, fetch_bytes
+from demo.mcp_answers import answer_each_output
 from wmoe import CheckpointError, ConfigError, Detector, WeightsNotFoundError, WMoEConfig
 from wmoe.checkpoint import includes_backbone
 from wmoe.config import DEFAULT_CLASS
@@ -43,6 +48,7 @@ from wmoe.precision import DTYPES
 from wmoe.references import MAX_REFERENCES
 
 log = logging.getLogger("wmoe.app")
+DEFAULT_MAX_FILE_SIZE = "50mb"  # uploads and fetched image URLs
 EXAMPLES_JSON = Path(__file__).resolve().parent / "assets" / "examples" / "examples.json"
 CSS = """
 #banner {background: #fff4e5; border: 1px solid #e8a33d; border-radius: 8px; padding: 6px 14px;}
@@ -163,10 +169,10 @@ def image_input(elem_id: str) -> gr.Image:
 
 
 def uploads_only(component):
-    """A file input that takes only files uploaded to this server (`uploaded_path`). gradio checks a file
-    value against its upload folder only when the value is marked as a file (`meta`): an unmarked
-    `{"path": ...}` reaches the component as is, and PIL would open any image on the server. A URL would be
-    downloaded by the server on the caller's behalf (gradio refuses private addresses, not the size)."""
+    """A file input that takes only files uploaded to this server (`uploaded_path`) and public image URLs
+    (`fetched`). gradio checks a file value against its upload folder only when the value is marked as a
+    file (`meta`): an unmarked `{"path": ...}` reaches the component as is, and PIL would open any image on
+    the server. gradio's own download of a URL has no size limit, so it is never used."""
     preprocess, fetch = component.preprocess, component.async_move_resource_to_block_cache
 
     def only_uploads(payload):
@@ -176,11 +182,14 @@ def uploads_only(component):
                 f.path = uploaded_path(f.path)
         return preprocess(payload)
 
-    async def never_fetch(path):
-        is_url = path is not None and gradio_client.utils.is_http_url_like(str(path))
-        return await fetch(uploaded_path(path) if is_url else path)
+    async def fetch_safely(path):
+        if path is not None and gradio_client.utils.is_http_url_like(str(path)):
+            path = (
+                uploaded_path(path) if own_upload(str(path)) else await asyncio.to_thread(fetched, str(path))
+            )
+        return await fetch(path)
 
-    component.preprocess, component.async_move_resource_to_block_cache = only_uploads, never_fetch
+    component.preprocess, component.async_move_resource_to_block_cache = only_uploads, fetch_safely
     return component
 
 
@@ -194,17 +203,40 @@ def checked(component, what: str, options: tuple | type | None = None):
 
 def uploaded_path(value) -> str:
     """The local path of a file uploaded to this server, given as its path or as its own `/gradio_api/file=`
-    URL (what an MCP client gets back from uploading); anything else is refused, never read or fetched."""
+    URL (what an MCP client gets back from uploading); anything else is refused, never read."""
     path = str(value)
     if gradio_client.utils.is_http_url_like(path):
-        _, _, path = unquote(urlsplit(path).path).partition(f"{gradio.route_utils.API_PREFIX}/file=")
+        path = own_upload(path)
         if not path:
             raise user_error(
-                "Images are not fetched from URLs here: upload the file (its /gradio_api/file= URL works too)."
+                "An image URL is fetched only when it is sent as a file (gradio_client: handle_file)."
             )
     if not gradio.utils.is_in_or_equal(gradio.utils.abspath(path), gradio.utils.get_upload_folder()):
         raise user_error("Only uploaded files are accepted, not a path on the server: upload the file.")
     return path
+
+
+def own_upload(url: str) -> str | None:
+    """The path named by a `/gradio_api/file=` URL (read locally, never fetched, whatever its host), or
+    None for any other URL."""
+    _, _, path = unquote(urlsplit(url).path).partition(f"{gradio.route_utils.API_PREFIX}/file=")
+    return path or None
+
+
+def fetched(url: str) -> str:
+    """A public image URL downloaded into the upload folder (`demo.fetch`: no private address, at most the
+    upload size limit); a refusal is the caller's error, with its reason."""
+    blocks = gradio.context.LocalContext.blocks.get(None)
+    limit = getattr(blocks, "max_file_size", None) or gradio.utils._parse_file_size(DEFAULT_MAX_FILE_SIZE)
+    try:
+        body = fetch_bytes(url, limit)
+    except FetchError as e:
+        raise user_error(html.escape(f"The image URL was not fetched: {e}.")) from None
+    name = re.sub(r"[^\w.-]+", "_", Path(unquote(urlsplit(url).path)).name)[-80:] or "image"
+    folder = tempfile.mkdtemp(prefix="url-", dir=gradio.utils.get_upload_folder())
+    path = Path(folder) / name
+    path.write_bytes(body)
+    return str(path)
 
 
 def readable_upload_errors(preprocess):
@@ -433,10 +465,11 @@ def build_app(
             if ex is not None and can_run:  # clicking an example runs it
                 ex.load_input_event.then(views.analyze, inputs, outputs, api_visibility="private", **on_model)
             result_json = gr.JSON(label="result", visible=False)  # the compact endpoint, API only
+            result_map = gr.Image(label="anomaly map", type="filepath", format="png", visible=False)
             gr.Button(visible=False).click(
                 views.predict_json,
                 [image, class_name, threshold, a_checkpoint],
-                result_json,
+                [result_json, result_map],
                 api_name="predict_json",
                 **on_model,
             )
@@ -562,17 +595,18 @@ def launch(
     host: str = "127.0.0.1",
     port: int = 7860,
     concurrency: int = 1,
-    max_file_size: str = "50mb",
+    max_file_size: str = DEFAULT_MAX_FILE_SIZE,
     block: bool = True,
     quiet: bool = False,
     max_queue: int = 32,
     mcp: bool = False,
 ):
     """A queue with a concurrency limit and at most `max_queue` waiting requests (more are refused with
-    "queue is full"), an upload size limit, no share link, and with `mcp` gradio's MCP server (each
-    public endpoint a tool, at /gradio_api/mcp/); gradio's (app, url, share)."""
+    "queue is full"), an upload size limit (image URLs too), no share link, and with `mcp` gradio's MCP
+    server (each public endpoint a tool, at /gradio_api/mcp/, answering output by output: `mcp_answers`);
+    gradio's (app, url, share)."""
     demo.queue(default_concurrency_limit=concurrency, max_size=max_queue)
-    return demo.launch(
+    launched = demo.launch(
         server_name=host,
         server_port=port,
         share=False,
@@ -580,10 +614,14 @@ def launch(
         show_error=False,
         run_history=False,
         css=CSS,
-        prevent_thread_lock=not block,
+        prevent_thread_lock=True,
         quiet=quiet,
         mcp_server=mcp,
     )
+    answer_each_output(demo)
+    if block:
+        demo.block_thread()
+    return launched
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -615,7 +653,11 @@ def parse_args(argv=None) -> argparse.Namespace:
         "weights (on disk or reachable); tiny = a tiny random test backbone (meaningless)",
     )
     p.add_argument("--concurrency", type=int, default=1, help="model runs at the same time (default 1)")
-    p.add_argument("--max-file-size", default="50mb", help="upload size limit (default 50mb)")
+    p.add_argument(
+        "--max-file-size",
+        default=DEFAULT_MAX_FILE_SIZE,
+        help=f"upload and image URL size limit (default {DEFAULT_MAX_FILE_SIZE})",
+    )
     p.add_argument(
         "--mcp",
         action="store_true",

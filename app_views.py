@@ -7,12 +7,10 @@ Every number comes from `wmoe.Detector`; this module turns `Prediction`s into wh
 from __future__ import annotations
 
 import atexit
-import base64
 import csv
 import dataclasses
 import functools
 import html
-import io
 import json
 import logging
 import re
@@ -505,25 +503,28 @@ class Views:
         return shown, score, chart, experts, layers, uncertainty, timings, files, parts, result
 
     @user_errors
-    def predict_json(self, image_path: str, class_name: str, threshold: float, checkpoint: str = "") -> dict:
-        """Score one image and return everything as one compact JSON object, map included (for scripts).
+    def predict_json(
+        self, image_path: str, class_name: str, threshold: float, checkpoint: str = ""
+    ) -> tuple[dict, str]:
+        """Score one image: a compact JSON result, and the anomaly map as an image (for scripts and agents).
 
         Args:
-            image_path (str): the image to analyse (PNG, JPEG, TIFF, BMP, GIF, WebP...).
+            image_path (str): the image to analyse (PNG, JPEG, TIFF, BMP, GIF, WebP...): an upload, or a public http(s) image URL.
             class_name (str): what the object is, in a few words (e.g. "screw").
             threshold (float): 0..1; the image is called anomalous when its score is at or above it.
             checkpoint (str): which loaded checkpoint runs, by name (folder name or Hub repo id); "" = the first.
 
         Returns:
             result: score, decision, threshold, class_name, cls_score, moe_score, expert_weights, expert_scores,
-            image_size [height, width], notes, model, and anomaly_map_png16: the map at the image's size
-            as a base64 16-bit grayscale PNG (pixel / 65535 = probability)
+            image_size [height, width], timings, notes and model (no maps)
+            anomaly_map: the map at the image's size as a 16-bit grayscale PNG (pixel / 65535 = probability)
         """
         valid("the class name", class_name, str)
         valid("the threshold", threshold)
         detector, model = self.primary(checkpoint)
         pred = run_model(detector, [self.image(image_path)], class_name)[0]
-        return result_json(pred, threshold, model) | {"anomaly_map_png16": png16_base64(pred.anomaly_map)}
+        amap = png(map_to_png16(pred.anomaly_map), self.scratch.new() / "anomaly_map.png")
+        return result_json(pred, threshold, model), amap
 
     @user_errors
     def render(self, result: Result | None, threshold: float, opacity: float, scale: str):
@@ -883,13 +884,6 @@ def result_json(pred: Prediction, threshold: float, model: dict) -> dict:
         "decision": decision(pred.score, threshold),
         "model": model,
     }
-
-
-def png16_base64(amap: np.ndarray) -> str:
-    """A [0, 1] map as a base64 16-bit grayscale PNG."""
-    buffer = io.BytesIO()
-    map_to_png16(amap).save(buffer, format="png")
-    return base64.b64encode(buffer.getvalue()).decode("ascii")
 
 
 def write_csv(path: Path, rows, errors, threshold: float, model: dict):
