@@ -39,8 +39,8 @@ from app_views import (
     user_error,
     valid,
 )
+from demo import mcp_server
 from demo.fetch import FetchError, fetch_bytes
-from demo.mcp_answers import answer_each_output
 from wmoe import CheckpointError, ConfigError, Detector, WeightsNotFoundError, WMoEConfig
 from wmoe.checkpoint import includes_backbone
 from wmoe.config import DEFAULT_CLASS
@@ -603,7 +603,7 @@ def launch(
 ):
     """A queue with a concurrency limit and at most `max_queue` waiting requests (more are refused with
     "queue is full"), an upload size limit (image URLs too), no share link, and with `mcp` gradio's MCP
-    server (each public endpoint a tool, at /gradio_api/mcp/, answering output by output: `mcp_answers`);
+    server (each public endpoint a tool, at /gradio_api/mcp/, repaired by `demo.mcp_server`);
     gradio's (app, url, share)."""
     demo.queue(default_concurrency_limit=concurrency, max_size=max_queue)
     launched = demo.launch(
@@ -618,7 +618,7 @@ def launch(
         quiet=quiet,
         mcp_server=mcp,
     )
-    answer_each_output(demo)
+    mcp_server.repair(demo)
     if block:
         demo.block_thread()
     return launched
