@@ -171,3 +171,19 @@ def test_a_private_url_is_refused_with_its_reason_and_never_requested(served, im
     assert result.isError or tool == "batch"  # batch lists a file it cannot take and goes on
     assert any("loopback address: not fetched" in t for t in texts(result)), texts(result)[:2]
     assert hits == []
+
+
+def test_a_url_larger_than_the_upload_limit_is_refused(
+    tiny_checkpoint, image_site, site_is_public, image_bytes
+):
+    """The app's upload size limit (`--max-file-size`, 1kb = 1,024 bytes for gradio) bounds a fetched URL too."""
+    detectors, baseline, notices = app.load_models(str(tiny_checkpoint))
+    demo, url = serve(next(iter(detectors.values())), baseline, notices, mcp=True, max_file_size="1kb")
+    try:
+        link, hits = image_site
+        assert len(image_bytes) > 1024
+        _, [result] = session(url, [("predict_json", arguments("predict_json", link))])
+    finally:
+        demo.close()
+    assert result.isError and hits == ["/photos/part.png"]
+    assert any("over the size limit of 1,024 bytes: not fetched" in t for t in texts(result)), texts(result)
