@@ -13,6 +13,7 @@ import asyncio
 import html
 import json
 import logging
+import mimetypes
 import os
 import re
 import tempfile
@@ -40,7 +41,7 @@ from app_views import (
     valid,
 )
 from demo import mcp_server
-from demo.fetch import FetchError, fetch_bytes
+from demo.fetch import FetchError, fetch
 from wmoe import CheckpointError, ConfigError, Detector, WeightsNotFoundError, WMoEConfig
 from wmoe.checkpoint import includes_backbone
 from wmoe.config import DEFAULT_CLASS
@@ -225,17 +226,18 @@ def own_upload(url: str) -> str | None:
 
 def fetched(url: str) -> str:
     """A public image URL downloaded into the upload folder (`demo.fetch`: no private address, at most the
-    upload size limit); a refusal is the caller's error, with its reason."""
+    upload size limit), named after the URL with the extension of its declared type (file inputs check
+    it); a refusal is the caller's error, with its reason."""
     blocks = gradio.context.LocalContext.blocks.get(None)
     limit = getattr(blocks, "max_file_size", None) or gradio.utils._parse_file_size(DEFAULT_MAX_FILE_SIZE)
     try:
-        body = fetch_bytes(url, limit)
+        image = fetch(url, limit)
     except FetchError as e:
         raise user_error(html.escape(f"The image URL was not fetched: {e}.")) from None
-    name = re.sub(r"[^\w.-]+", "_", Path(unquote(urlsplit(url).path)).name)[-80:] or "image"
-    folder = tempfile.mkdtemp(prefix="url-", dir=gradio.utils.get_upload_folder())
-    path = Path(folder) / name
-    path.write_bytes(body)
+    stem = re.sub(r"[^\w-]+", "_", Path(unquote(urlsplit(url).path)).stem)[-60:] or "image"
+    suffix = mimetypes.guess_extension(image.content_type) or ""
+    path = Path(tempfile.mkdtemp(prefix="url-", dir=gradio.utils.get_upload_folder())) / (stem + suffix)
+    path.write_bytes(image.body)
     return str(path)
 
 

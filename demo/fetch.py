@@ -16,8 +16,10 @@ import ipaddress
 import re
 import socket
 import ssl
+import threading
 import time
 from collections.abc import Callable, Sequence
+from typing import NamedTuple
 from urllib.parse import urljoin, urlsplit
 
 from PIL import Image
@@ -44,25 +46,39 @@ class FetchError(WMoEError, ValueError):
     """A URL that is not fetched (scheme, address, redirect, size, time, content type); says why."""
 
 
-def fetch_bytes(
+class Fetched(NamedTuple):
+    body: bytes
+    content_type: str  # as the server declared it, e.g. "image/png"
+
+
+def fetch(
     url: str,
     max_bytes: int,
     timeout: float = TIMEOUT_S,
     resolve: Resolver | None = None,
     tls: ssl.SSLContext | None = None,
-) -> bytes:
-    """The body of an image at a public http(s) URL, at most `max_bytes`, within `timeout` seconds in all.
-    `resolve(host, port)` -> addresses (default: the system's resolver); `tls` the https context."""
+) -> Fetched:
+    """An image at a public http(s) URL, at most `max_bytes`, within `timeout` seconds in all (a watchdog
+    cuts the connection then, however slowly the server sends). `resolve(host, port)` -> addresses
+    (default: the system's resolver); `tls` the https context."""
     deadline = time.monotonic() + timeout
     for _ in range(MAX_REDIRECTS + 1):
         scheme, host, port, address = check_url(url, resolve or system_resolve)
-        conn, sock, response = _request(scheme, host, port, address, _target(url), deadline, tls)
+        kind = _Pinned if scheme == "http" else _PinnedTLS
+        conn = kind(host, port, timeout=_left(deadline), **({} if scheme == "http" else {"context": tls}))
+        conn.address = address
+        watchdog = threading.Timer(_left(deadline), conn.cut)
+        watchdog.start()
+        response = None
         try:
+            response = _request(conn, _target(url), deadline)
             if response.status not in REDIRECTS:
-                return _body(sock, response, max_bytes, deadline)
+                return _body(conn, response, max_bytes, deadline)
             location = response.getheader("Location")
         finally:
-            response.close()
+            watchdog.cancel()
+            if response is not None:
+                response.close()
             conn.close()
         if not location:
             raise FetchError(f"the server answered a redirect ({response.status}) without a location")
@@ -71,8 +87,8 @@ def fetch_bytes(
 
 
 def fetch_image(url: str, max_bytes: int, **options) -> Image.Image:
-    """`fetch_bytes`, decoded by wmoe's image loader (the same pixel limit as an upload)."""
-    return load_image(fetch_bytes(url, max_bytes, **options))
+    """`fetch`, decoded by wmoe's image loader (the same pixel limit as an upload)."""
+    return load_image(fetch(url, max_bytes, **options).body)
 
 
 def check_url(url: str, resolve: Resolver) -> tuple[str, str, int, str]:
@@ -181,36 +197,36 @@ def _target(url: str) -> str:
     return (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
 
 
+TOO_LONG = "the server took too long: not fetched"
+
+
 def _left(deadline: float) -> float:
     left = deadline - time.monotonic()
     if left <= 0:
-        raise FetchError("the server took too long: not fetched")
+        raise FetchError(TOO_LONG)
     return left
 
 
-def _request(scheme, host, port, address, target, deadline, tls):
-    """GET target from host, connected to the checked address (Host header, SNI and certificate: host)."""
-    kind = _Pinned if scheme == "http" else _PinnedTLS
-    options = {} if scheme == "http" else {"context": tls or ssl.create_default_context()}
-    conn = kind(host, port, timeout=_left(deadline), **options)
-    conn.address = address
+def _request(conn, target: str, deadline: float) -> http.client.HTTPResponse:
+    """GET target, connected to the checked address (Host header, SNI and certificate: the URL's host)."""
     try:
         conn.request("GET", target, headers={"Accept": "image/*", "User-Agent": "wmoe-demo"})
-        sock = conn.sock  # the response keeps reading from it when the server closes after it
-        sock.settimeout(_left(deadline))
-        return conn, sock, conn.getresponse()
+        conn.pinned.settimeout(_left(deadline))
+        response = conn.getresponse()
+        if time.monotonic() >= deadline:  # a head cut short by the watchdog is no answer
+            response.close()
+            raise FetchError(TOO_LONG)
+        return response
     except TimeoutError:
-        conn.close()
-        raise FetchError("the server took too long: not fetched") from None
+        raise FetchError(TOO_LONG) from None
     except ssl.SSLCertVerificationError:
-        conn.close()
-        raise FetchError(f"{host}: the TLS certificate could not be verified") from None
+        raise FetchError(f"{conn.host}: the TLS certificate could not be verified") from None
     except (OSError, http.client.HTTPException):
-        conn.close()
-        raise FetchError(f"{host} could not be reached") from None
+        _left(deadline)  # cut by the watchdog, or timed out: too long
+        raise FetchError(f"{conn.host} could not be reached") from None
 
 
-def _body(sock, response: http.client.HTTPResponse, max_bytes: int, deadline: float) -> bytes:
+def _body(conn, response: http.client.HTTPResponse, max_bytes: int, deadline: float) -> Fetched:
     """The body of a 200 answer that declares an image: read a chunk at a time, each within what is left
     of the time limit, and given up as soon as it passes max_bytes (whatever Content-Length said)."""
     if response.status != 200:
@@ -224,35 +240,44 @@ def _body(sock, response: http.client.HTTPResponse, max_bytes: int, deadline: fl
         raise FetchError(too_big)
     body = bytearray()
     try:
-        while True:
-            sock.settimeout(_left(deadline))
-            chunk = response.read1(CHUNK)
-            if not chunk:
-                return bytes(body)
+        while chunk := response.read1(CHUNK):
             body += chunk
             if len(body) > max_bytes:
                 raise FetchError(too_big)
+            conn.pinned.settimeout(_left(deadline))
     except TimeoutError:
-        raise FetchError("the server took too long: not fetched") from None
+        raise FetchError(TOO_LONG) from None
     except (OSError, http.client.HTTPException):
+        _left(deadline)
         raise FetchError("the connection broke before the whole image arrived") from None
+    _left(deadline)  # an end cut short by the watchdog is no image
+    return Fetched(bytes(body), kind)
 
 
 class _Pinned(http.client.HTTPConnection):
-    """Plain HTTP to a fixed address; the host name only in the Host header."""
+    """Plain HTTP to a fixed address; the host name only in the Host header. `pinned` stays the socket
+    while the response reads from it (http.client lets go of it when the server closes after it)."""
 
-    address = ""
+    address, pinned = "", None
 
     def connect(self):
-        self.sock = socket.create_connection((self.address, self.port), self.timeout)
-        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.sock = self.pinned = socket.create_connection((self.address, self.port), self.timeout)
+
+    def cut(self):
+        """The watchdog: whatever is blocked on the socket returns at once."""
+        if self.pinned is not None:
+            try:
+                socket.socket.shutdown(self.pinned, socket.SHUT_RDWR)  # the descriptor, not TLS state
+            except OSError:
+                pass
 
 
-class _PinnedTLS(http.client.HTTPSConnection):
+class _PinnedTLS(_Pinned, http.client.HTTPSConnection):
     """HTTPS to a fixed address; SNI and the certificate checked against the URL's host name."""
 
-    address = ""
+    def __init__(self, host, port, timeout, context=None):
+        super().__init__(host, port, timeout=timeout, context=context or ssl.create_default_context())
 
     def connect(self):
         raw = socket.create_connection((self.address, self.port), self.timeout)
-        self.sock = self._context.wrap_socket(raw, server_hostname=self.host)
+        self.sock = self.pinned = self._context.wrap_socket(raw, server_hostname=self.host)

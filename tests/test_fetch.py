@@ -1,7 +1,7 @@
 """demo/fetch.py: public image URLs only, pinned to the checked address, bounded in size, time and redirects.
 
 A threaded loopback server plays the public web; each test that reaches it lets exactly its address
-(127.0.0.1) through `fetch.refusal`, nothing else. Without that override every private spelling is
+(127.0.0.1) through `demo.fetch.refusal`, nothing else. Without that override every private spelling is
 refused before any connection is made.
 """
 
@@ -17,8 +17,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 from PIL import Image
 
-from demo import fetch
-from demo.fetch import FetchError, fetch_bytes, fetch_image
+from demo import fetch as fetching
+from demo.fetch import FetchError, fetch, fetch_image
 from wmoe.errors import WMoEError
 from wmoe.preprocess import ImageError
 
@@ -92,6 +92,14 @@ class Handler(BaseHTTPRequestHandler):
             self.close_connection = True
         elif path == "/drip":  # a byte at a time, forever: only the overall time limit stops it
             self.stream(pause=0.05, chunk=b"\0", seconds=10)
+        elif path == "/slow-headers":  # the answer's head a byte at a time: only the watchdog stops it
+            try:
+                for byte in b"HTTP/1.1 200 OK\r\nContent-Type: image/png\r\nX-Pad: " + b"a" * 1000:
+                    self.wfile.write(bytes([byte]))
+                    time.sleep(0.05)
+            except OSError:
+                pass
+            self.close_connection = True
         elif path == "/silent":
             time.sleep(5)
             self.send(200, "image/png", png())
@@ -133,8 +141,8 @@ def server():
 @pytest.fixture
 def loopback_is_public(monkeypatch):
     """This test's server counts as public; every other address keeps the real rule."""
-    real = fetch.refusal
-    monkeypatch.setattr(fetch, "refusal", lambda address: None if address == SERVER else real(address))
+    real = fetching.refusal
+    monkeypatch.setattr(fetching, "refusal", lambda address: None if address == SERVER else real(address))
 
 
 def url(server, path, host="127.0.0.1"):
@@ -144,12 +152,12 @@ def url(server, path, host="127.0.0.1"):
 def refused(match, *args, **kwargs):
     start = time.monotonic()
     with pytest.raises(FetchError, match=match) as e:
-        fetch_bytes(*args, **kwargs)
+        fetch(*args, **kwargs)
     return e.value, time.monotonic() - start
 
 
 def test_a_public_png_is_fetched_and_decoded(server, loopback_is_public):
-    assert fetch_bytes(url(server, "/ok.png"), LIMIT) == png()
+    assert fetch(url(server, "/ok.png"), LIMIT) == (png(), "image/png")
     image = fetch_image(url(server, "/ok.png"), LIMIT)
     assert image.mode == "RGB" and image.size == (4, 3) and image.getpixel((0, 0)) == (200, 10, 10)
     assert issubclass(FetchError, WMoEError)
@@ -174,7 +182,7 @@ def test_a_body_without_a_length_is_cut_at_the_limit(server, loopback_is_public,
     assert server.sent < 40 * LIMIT  # stopped reading: the server could not push its whole stream
 
 
-@pytest.mark.parametrize("path", ["/drip", "/silent"])
+@pytest.mark.parametrize("path", ["/drip", "/slow-headers", "/silent"])
 def test_a_slow_server_runs_out_of_time(server, loopback_is_public, path):
     _, took = refused("took too long", url(server, path), LIMIT, timeout=1.0)
     assert 0.9 < took < 2.5
@@ -208,7 +216,7 @@ def test_a_redirect_is_checked_like_the_url(server, loopback_is_public, target, 
 
 
 def test_at_most_three_redirects(server, loopback_is_public):
-    assert fetch_bytes(url(server, "/hops/3"), LIMIT) == png()
+    assert fetch(url(server, "/hops/3"), LIMIT).body == png()
     refused("more than 3 redirects", url(server, "/hops/4"), LIMIT)
     refused("more than 3 redirects", url(server, "/loop"), LIMIT)
     assert len(server.hosts) == 4 + 4 + 4  # the URL after a 3rd redirect is never asked for
@@ -303,7 +311,7 @@ def test_the_checked_address_is_the_one_connected_to(server, loopback_is_public)
         return next(answers)
 
     port = server.server_address[1]
-    assert fetch_bytes(f"http://images.example:{port}/ok.png", LIMIT, resolve=rebinding) == png()
+    assert fetch(f"http://images.example:{port}/ok.png", LIMIT, resolve=rebinding).body == png()
     assert asked == ["images.example"]
     assert server.hosts == [f"images.example:{port}"]
 
@@ -354,7 +362,7 @@ def test_https_checks_the_certificate_against_the_host_not_the_address(tmp_path,
     try:
         port, to_server = server.server_address[1], (lambda host, port: ["127.0.0.1"])
         link = f"https://images.example:{port}/ok.png"
-        assert fetch_bytes(link, LIMIT, resolve=to_server, tls=client_side) == png()
+        assert fetch(link, LIMIT, resolve=to_server, tls=client_side).body == png()
         refused(
             "certificate could not be verified",
             f"https://other.example:{port}/ok.png",

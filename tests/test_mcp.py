@@ -51,7 +51,7 @@ def uploaded(served, image_bytes) -> str:
 
 @pytest.fixture
 def image_site(image_bytes):
-    """A loopback web server with one PNG, at a URL; records each request."""
+    """A loopback web server with one PNG, at a URL without a file extension; records each request."""
     hits = []
 
     class Handler(BaseHTTPRequestHandler):
@@ -68,7 +68,7 @@ def image_site(image_bytes):
 
     server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
     threading.Thread(target=server.serve_forever, daemon=True).start()
-    yield f"http://127.0.0.1:{server.server_address[1]}/photos/part.png", hits
+    yield f"http://127.0.0.1:{server.server_address[1]}/photos/part?size=large", hits  # no extension
     server.shutdown()
     server.server_close()
 
@@ -185,5 +185,5 @@ def test_a_url_larger_than_the_upload_limit_is_refused(
         _, [result] = session(url, [("predict_json", arguments("predict_json", link))])
     finally:
         demo.close()
-    assert result.isError and hits == ["/photos/part.png"]
+    assert result.isError and hits == ["/photos/part?size=large"]
     assert any("over the size limit of 1,024 bytes: not fetched" in t for t in texts(result)), texts(result)
