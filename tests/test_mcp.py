@@ -168,7 +168,7 @@ def test_a_private_url_is_refused_with_its_reason_and_never_requested(served, im
     url, _ = served
     link, hits = image_site
     _, [result] = session(url, [(tool, arguments(tool, link))])
-    assert result.isError or tool == "batch"  # batch lists a file it cannot take and goes on
+    assert result.isError
     assert any("loopback address: not fetched" in t for t in texts(result)), texts(result)[:2]
     assert hits == []
 
