@@ -2,7 +2,7 @@
 
 A URL is http(s) only. Its host is resolved once (numeric spellings such as 2130706433, 0177.0.0.1 or
 0x7f.1 are read as addresses, never handed to a resolver), and the URL is refused when any of the
-addresses is not a public one (`is_public`). The connection goes to the address that was checked, with
+addresses is not a public one (`refusal`). The connection goes to the address that was checked, with
 the URL's host in the Host header and, for https, in SNI and the certificate check, so a second DNS
 answer can never redirect it (no DNS rebinding). Each redirect is checked the same way, at most
 `MAX_REDIRECTS` of them; the body is read in chunks up to a byte limit within one overall time limit, and
@@ -35,6 +35,7 @@ METADATA = frozenset(  # cloud instance metadata services (most are inside a ref
     ipaddress.ip_address(a)
     for a in ("169.254.169.254", "169.254.170.2", "fd00:ec2::254", "100.100.100.200", "192.0.0.192")
 )
+NAT64 = (ipaddress.ip_network("64:ff9b::/96"), ipaddress.ip_network("64:ff9b:1::/48"))
 METADATA_NAMES = frozenset(("metadata", "metadata.google.internal", "metadata.goog", "instance-data"))
 _PART = re.compile(r"0[xX][0-9a-fA-F]*|0[0-7]*|[1-9][0-9]*")
 
@@ -154,26 +155,17 @@ def host_address(host: str) -> Address | None:
 
 
 def refusal(address: Address) -> str | None:
-    """Why an address is not fetched from (e.g. "a loopback address"); None when it is public. The one
-    rule for what is public; tests override it (and only tests) to reach their loopback server."""
-    return None if is_public(address) else _category(address)
-
-
-def is_public(address: Address) -> bool:
-    """A globally routable unicast address, including what an IPv6 address embeds (IPv4-mapped, 6to4,
-    Teredo, NAT64)."""
-    return _category(address) is None
-
-
-def _category(address: Address) -> str | None:
+    """Why an address is not fetched from (e.g. "a loopback address"), None for a public one: globally
+    routable unicast, judged for IPv6 by the IPv4 address it embeds, if any (IPv4-mapped, 6to4, Teredo,
+    NAT64). The one rule; tests override it (and only tests) to reach their loopback server."""
     if address in METADATA:
         return "a cloud metadata address"
     if isinstance(address, ipaddress.IPv6Address):
         embedded = address.ipv4_mapped or address.sixtofour or (address.teredo or (None, None))[1]
-        if embedded is None and address in ipaddress.ip_network("64:ff9b::/96"):
+        if embedded is None and any(address in net for net in NAT64):
             embedded = ipaddress.IPv4Address(int(address) & 0xFFFFFFFF)
         if embedded is not None:
-            return _category(embedded)
+            return refusal(embedded)
     for name, test in (
         ("an unspecified address", address.is_unspecified),
         ("a loopback address", address.is_loopback),

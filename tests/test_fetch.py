@@ -253,6 +253,8 @@ def no_connection(monkeypatch):
         ("[::ffff:127.0.0.1]", "loopback"),
         ("[::ffff:7f00:1]", "loopback"),
         ("[2002:7f00:1::]", "loopback"),  # 6to4 around 127.0.0.1
+        ("[64:ff9b::7f00:1]", "loopback"),  # NAT64 around 127.0.0.1
+        ("[64:ff9b:1::a00:1]", "private"),  # local-use NAT64 around 10.0.0.1
         ("10.1.2.3", "private"),
         ("172.16.0.1", "private"),
         ("192.168.1.1", "private"),
@@ -373,3 +375,19 @@ def test_https_checks_the_certificate_against_the_host_not_the_address(tmp_path,
     finally:
         server.shutdown()
         server.server_close()
+
+
+@pytest.mark.parametrize(
+    ("link", "address"),
+    [
+        ("http://93.184.216.34/x.png", "93.184.216.34"),
+        ("https://[2606:4700::1111]:8443/x.png", "2606:4700::1111"),
+        ("http://[::ffff:8.8.8.8]/x.png", "::ffff:808:808"),
+        ("http://0x08080808/x.png", "8.8.8.8"),
+        ("https://images.example/x.png", "8.8.4.4"),
+    ],
+)
+def test_public_addresses_pass_the_check(link, address):
+    """The rule refuses what is private, not everything: public spellings give the address to connect to."""
+    scheme, host, port, checked = fetching.check_url(link, lambda host, port: ["8.8.4.4"])
+    assert checked == address and scheme in ("http", "https") and port in (80, 443, 8443)
