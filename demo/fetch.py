@@ -48,6 +48,8 @@ class FetchError(WMoEError, ValueError):
 
 
 class Fetched(NamedTuple):
+    """What a fetch brings back: the bytes, and the type the server declared for them."""
+
     body: bytes
     content_type: str  # as the server declared it, e.g. "image/png"
 
