@@ -392,13 +392,13 @@ def trap():
 
 @pytest.mark.parametrize("endpoint", ENDPOINTS)
 def test_urls_are_never_fetched(served, client, small_image, trap, endpoint):
-    """The server never fetches a URL on a caller's behalf (loopback addresses here; gradio would fetch a
-    public one, unbounded): through gradio_client and raw HTTP, a clear refusal and no request made."""
+    """The server never fetches a private URL on a caller's behalf (loopback addresses here, see
+    test_fetch.py for the rest): through gradio_client and raw HTTP, a clear refusal and no request made."""
     for url in trap.urls:
         with pytest.raises(AppError) as err:
             client.predict(*with_file(endpoint, handle_file(url)), api_name=f"/{endpoint}")
         if endpoint != "batch":
-            assert "not fetched from URLs" in str(err.value)
+            assert "loopback address: not fetched" in str(err.value)
         for value in [*file_values(url), {"path": "x.png", "url": url, "meta": {"_type": "gradio.FileData"}}]:
             status, stream = call(served, endpoint, json.dumps({"data": with_file(endpoint, value)}))
             assert refused(status, stream), (value, stream[:300])
