@@ -113,7 +113,7 @@ def arguments(tool: str, image: str) -> dict:
     return {
         "predict_json": {"image_path": image, **common},
         "analyze": {"image_path": image, **common, **view, "sample_ctds": False, "references": [image]},
-        "compare": {"image_path": image, **common, **view},
+        "compare": {"image_path": image, **common, **view, "references": [image]},
         "batch": {"paths": [image], **common},
     }[tool]
 
@@ -158,7 +158,7 @@ def test_a_public_image_url_is_fetched_by_every_tool(served, uploaded, image_sit
     _, results = session(url, calls)
     for (tool, _), result in zip(calls, results, strict=True):
         assert not result.isError, (tool, texts(result)[:2])
-    assert len(hits) == 5  # analyze: the image and one reference; compare, batch, predict_json: the image
+    assert len(hits) == 6  # analyze, compare: the image and one reference; batch, predict_json: the image
     direct = detector.predict(Image.open(io.BytesIO(httpx.get(uploaded).content)), "brick wall")
     assert answer(results[-1])["score"] == pytest.approx(direct.score, abs=1e-6)
 
