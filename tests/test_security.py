@@ -401,7 +401,7 @@ def trap():
 
 
 @pytest.mark.parametrize("endpoint", ENDPOINTS)
-def test_urls_are_never_fetched(served, client, small_image, trap, endpoint):
+def test_private_urls_are_refused_by_every_endpoint(served, client, small_image, trap, endpoint):
     """The server never fetches a private URL on a caller's behalf (loopback addresses here, see
     test_fetch.py for the rest): through gradio_client and raw HTTP, a clear refusal and no request made."""
     for url in trap.urls:
