@@ -5,8 +5,10 @@ URL (a loopback server let through `demo.fetch.refusal` for one test only)."""
 
 import asyncio
 import base64
+import contextlib
 import io
 import json
+import tempfile
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
@@ -49,9 +51,10 @@ def uploaded(served, image_bytes) -> str:
     return f"{url}gradio_api/file={path}"
 
 
-@pytest.fixture
-def image_site(image_bytes):
-    """A loopback web server with one PNG, at a URL without a file extension; records each request."""
+@contextlib.contextmanager
+def web_site(body: bytes):
+    """A loopback web server answering every GET with `body` as a PNG, at a URL without a file extension;
+    (its URL, the requests it received)."""
     hits = []
 
     class Handler(BaseHTTPRequestHandler):
@@ -59,18 +62,26 @@ def image_site(image_bytes):
             hits.append(self.path)
             self.send_response(200)
             self.send_header("Content-Type", "image/png")
-            self.send_header("Content-Length", str(len(image_bytes)))
+            self.send_header("Content-Length", str(len(body)))
             self.end_headers()
-            self.wfile.write(image_bytes)
+            self.wfile.write(body)
 
         def log_message(self, *args):
             pass
 
     server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
     threading.Thread(target=server.serve_forever, daemon=True).start()
-    yield f"http://127.0.0.1:{server.server_address[1]}/photos/part?size=large", hits  # no extension
-    server.shutdown()
-    server.server_close()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}/photos/part?size=large", hits  # no extension
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+@pytest.fixture
+def image_site(image_bytes):
+    with web_site(image_bytes) as site:
+        yield site
 
 
 @pytest.fixture
@@ -187,3 +198,15 @@ def test_a_url_larger_than_the_upload_limit_is_refused(
         demo.close()
     assert result.isError and hits == ["/photos/part?size=large"]
     assert any("over the size limit of 1,024 bytes: not fetched" in t for t in texts(result)), texts(result)
+
+
+@pytest.mark.parametrize("tool", ["predict_json", "batch"])
+def test_a_fetched_url_that_is_no_image_gets_its_reason_without_server_paths(served, site_is_public, tool):
+    """Bytes declared a PNG that are none: the tool answers wmoe's reason, naming the URL's file, never the
+    folder on this server it was saved in."""
+    url, _ = served
+    with web_site(b"<html>not an image</html>") as (link, hits):
+        _, [result] = session(url, [(tool, arguments(tool, link))])
+    assert hits and result.isError == (tool == "predict_json")  # Batch lists the file and goes on
+    [reason] = [t for t in texts(result) if "not an image file that can be read" in t]
+    assert "part" in reason and tempfile.gettempdir() not in reason and "gradio_api" not in reason
