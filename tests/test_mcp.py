@@ -15,6 +15,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import httpx
 import numpy as np
 import pytest
+from gradio_client import Client, handle_file
 from mcp import ClientSession
 from mcp.client.streamable_http import streamable_http_client
 from PIL import Image
@@ -172,6 +173,19 @@ def test_a_public_image_url_is_fetched_by_every_tool(served, uploaded, image_sit
     assert len(hits) == 6  # analyze, compare: the image and one reference; batch, predict_json: the image
     direct = detector.predict(Image.open(io.BytesIO(httpx.get(uploaded).content)), "brick wall")
     assert answer(results[-1])["score"] == pytest.approx(direct.score, abs=1e-6)
+
+
+def test_a_public_image_url_through_gradio_client(served, uploaded, image_site, site_is_public):
+    """The same endpoints for scripts: `handle_file(url)` is fetched by the server, as docs/usage.md says."""
+    url, detector = served
+    link, hits = image_site
+    client = Client(url, verbose=False)
+    result, map_file = client.predict(handle_file(link), "brick wall", 0.5, api_name="/predict_json")
+    _, summary, *_ = client.predict([handle_file(link)], "brick wall", 0.5, False, None, api_name="/batch")
+    assert len(hits) == 2 and "1 image(s) scored" in summary
+    direct = detector.predict(Image.open(io.BytesIO(httpx.get(uploaded).content)), "brick wall")
+    assert result["score"] == pytest.approx(direct.score, abs=1e-6)
+    np.testing.assert_allclose(np.asarray(Image.open(map_file), float) / 65535, direct.anomaly_map, atol=1e-4)
 
 
 @pytest.mark.parametrize("tool", sorted(TOOLS))
