@@ -20,6 +20,8 @@ import gradio as gr
 from demo.analyze import AnalyzeTab
 from demo.batch import BatchTab
 from demo.compare import CompareTab
+from demo.guards import DEFAULT_MAX_FILE_SIZE
+from demo.mcp_server import launch_repaired
 from demo.models import Models, checkpoint_list, load_models, load_winclip, status_lines
 from demo.results import Scratch
 from demo.widgets import load_examples
@@ -83,17 +85,19 @@ def launch(
     host: str = "127.0.0.1",
     port: int = 7860,
     concurrency: int = 1,
-    max_file_size: str = "50mb",
+    max_file_size: str = DEFAULT_MAX_FILE_SIZE,
     block: bool = True,
     quiet: bool = False,
     max_queue: int = 32,
     mcp: bool = False,
 ):
     """A queue with a concurrency limit and at most `max_queue` waiting requests (more are refused with
-    "queue is full"), an upload size limit, no share link, and with `mcp` gradio's MCP server (each
-    public endpoint a tool, at /gradio_api/mcp/); gradio's (app, url, share)."""
+    "queue is full"), an upload and image URL size limit, no share link, and with `mcp` the MCP server (each
+    public endpoint a tool, at /gradio_api/mcp/; `demo.mcp_server`); gradio's (app, url, share)."""
     demo.queue(default_concurrency_limit=concurrency, max_size=max_queue)
-    return demo.launch(
+    return launch_repaired(
+        demo,
+        block,
         server_name=host,
         server_port=port,
         share=False,
@@ -101,7 +105,6 @@ def launch(
         show_error=False,
         run_history=False,
         css=CSS,
-        prevent_thread_lock=not block,
         quiet=quiet,
         mcp_server=mcp,
     )
@@ -137,7 +140,7 @@ def parse_args(argv=None) -> argparse.Namespace:
         "tiny = tiny random test backbones (meaningless)",
     )
     p.add_argument("--concurrency", type=int, default=1, help="model runs at the same time (default 1)")
-    p.add_argument("--max-file-size", default="50mb", help="upload size limit (default 50mb)")
+    p.add_argument("--max-file-size", default=DEFAULT_MAX_FILE_SIZE, help="max upload/URL size (%(default)s)")
     p.add_argument(
         "--mcp",
         action="store_true",

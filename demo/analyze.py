@@ -18,7 +18,6 @@ from demo.results import (
     Scratch,
     decision,
     png,
-    png16_base64,
     result_json,
     shrink,
     thumbnail,
@@ -209,11 +208,12 @@ class AnalyzeTab:
             ex.load_input_event.then(
                 self.analyze, inputs, outputs, api_visibility="private", **on_model
             ).success(**panels)
-        result_json_box = gr.JSON(label="result", visible=False)  # the compact endpoint, API only
+        self.result_json = gr.JSON(label="result", visible=False)  # the compact endpoint, API only
+        self.result_map = gr.Image(label="anomaly map", type="filepath", format="png", visible=False)
         gr.Button(visible=False).click(
             self.predict_json,
             [self.image, self.class_name, self.threshold, self.checkpoint],
-            result_json_box,
+            [self.result_json, self.result_map],
             api_name="predict_json",
             **on_model,
         )
@@ -319,24 +319,27 @@ class AnalyzeTab:
 
     @user_errors
     def predict_json(self, image_path: str, class_name: str, threshold: float, checkpoint: str = "") -> dict:
-        """Score one image and return everything as one compact JSON object, map included (for scripts).
+        """Score one image: a compact JSON result, and the anomaly map as an image (for scripts and agents).
 
         Args:
-            image_path (str): the image to analyse (PNG, JPEG, TIFF, BMP, GIF, WebP...).
+            image_path (str): the image to analyse (PNG, JPEG, TIFF, BMP, GIF, WebP...): an upload, or a public http(s) image URL.
             class_name (str): what the object is, in a few words (e.g. "screw").
             threshold (float): 0..1; the image is called anomalous when its score is at or above it.
             checkpoint (str): which loaded checkpoint runs, by name (folder name or Hub repo id); "" = the first.
 
         Returns:
             result: score, decision, threshold, class_name, cls_score, moe_score, expert_weights, expert_scores,
-            image_size [height, width], notes, model, and anomaly_map_png16: the map at the image's size
-            as a base64 16-bit grayscale PNG (pixel / 65535 = probability)
+            image_size [height, width], timings, notes and model (no maps)
+            anomaly_map: the map at the image's size as a 16-bit grayscale PNG (pixel / 65535 = probability)
         """
         valid("the class name", class_name, str)
         valid("the threshold", threshold)
         detector, about = self.models.primary(checkpoint)
         pred = run_one(detector, upload_image(image_path), class_name)
-        return result_json(pred, threshold, about) | {"anomaly_map_png16": png16_base64(pred.anomaly_map)}
+        return {
+            self.result_json: result_json(pred, threshold, about),
+            self.result_map: png(map_to_png16(pred.anomaly_map), self.scratch.new() / "anomaly_map.png"),
+        }
 
     @user_errors
     def render(self, result: Result | None, threshold: float, opacity: float, scale: str) -> dict:

@@ -1,25 +1,31 @@
-"""The demo's boundary: uploads only (never a server path or a URL), each value checked once, and every
-failure a readable `gr.Error` without server folders or a stack trace."""
+"""The demo's boundary: uploads and public image URLs only (never a server path, never a private address),
+each value checked once, and every failure a readable `gr.Error` without server folders or a stack trace."""
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import html
 import logging
+import mimetypes
 import re
+import tempfile
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
 import gradio as gr
+import gradio.context
 import gradio.route_utils
 import gradio.utils
 import gradio_client.utils
 from PIL import Image
 
+from demo.fetch import FetchError, fetch
 from wmoe import ImageError
 from wmoe.preprocess import load_image
 
 log = logging.getLogger("wmoe.app")
+DEFAULT_MAX_FILE_SIZE = "50mb"  # uploads and fetched image URLs (`--max-file-size`)
 NAME_SHOWN = 100  # characters of a class name the score panel shows (the result JSON keeps all of it)
 SCALES = [  # the colour scales offered: (label, value)
     ("fixed 0..1 (probabilities; comparable across images)", "fixed"),
@@ -111,11 +117,11 @@ def display_settings(threshold, opacity, scale):
 
 
 def uploads_only(component):
-    """A file input that takes only files uploaded to this server (`uploaded_path`). gradio checks a file
-    value against its upload folder only when the value is marked as a file (`meta`): an unmarked
-    `{"path": ...}` reaches the component as is, and PIL would open any image on the server. A URL would be
-    downloaded by the server on the caller's behalf (gradio refuses private addresses, not the size)."""
-    preprocess, fetch = component.preprocess, component.async_move_resource_to_block_cache
+    """A file input that takes only files uploaded to this server (`uploaded_path`) and public image URLs
+    (`fetched`). gradio checks a file value against its upload folder only when the value is marked as a
+    file (`meta`): an unmarked `{"path": ...}` reaches the component as is, and PIL would open any image on
+    the server. gradio's own download of a URL has no size limit, so it is never used."""
+    preprocess, move = component.preprocess, component.async_move_resource_to_block_cache
 
     def only_uploads(payload):
         files = getattr(payload, "root", payload)
@@ -124,27 +130,36 @@ def uploads_only(component):
                 f.path = uploaded_path(f.path)
         return preprocess(payload)
 
-    async def never_fetch(path):
-        is_url = path is not None and gradio_client.utils.is_http_url_like(str(path))
-        return await fetch(uploaded_path(path) if is_url else path)
+    async def fetch_safely(path):
+        if path is not None and gradio_client.utils.is_http_url_like(str(path)):
+            url = str(path)
+            path = uploaded_path(url) if own_upload(url) else await asyncio.to_thread(fetched, url)
+        return await move(path)
 
-    component.preprocess, component.async_move_resource_to_block_cache = only_uploads, never_fetch
+    component.preprocess, component.async_move_resource_to_block_cache = only_uploads, fetch_safely
     return component
 
 
 def uploaded_path(value) -> str:
     """The local path of a file uploaded to this server, given as its path or as its own `/gradio_api/file=`
-    URL (what an MCP client gets back from uploading); anything else is refused, never read or fetched."""
+    URL (what an MCP client gets back from uploading); anything else is refused, never read."""
     path = str(value)
     if gradio_client.utils.is_http_url_like(path):
-        _, _, path = unquote(urlsplit(path).path).partition(f"{gradio.route_utils.API_PREFIX}/file=")
+        path = own_upload(path)
         if not path:
             raise user_error(
-                "Images are not fetched from URLs here: upload the file (its /gradio_api/file= URL works too)."
+                "An image URL is fetched only when it is sent as a file (gradio_client: handle_file)."
             )
     if not gradio.utils.is_in_or_equal(gradio.utils.abspath(path), gradio.utils.get_upload_folder()):
         raise user_error("Only uploaded files are accepted, not a path on the server: upload the file.")
     return path
+
+
+def own_upload(url: str) -> str | None:
+    """The path named by a `/gradio_api/file=` URL (read locally, never fetched, whatever its host), or
+    None for any other URL."""
+    _, _, path = unquote(urlsplit(url).path).partition(f"{gradio.route_utils.API_PREFIX}/file=")
+    return path or None
 
 
 def readable_upload_errors(preprocess):
@@ -166,12 +181,29 @@ def readable_upload_errors(preprocess):
 
 
 def upload_image(value) -> Image.Image:
-    """The one input source: an upload (its path on this server, already vetted by `uploads_only`) decoded
-    once by wmoe's loader into an RGB image; errors name the file, not the server folder. Another source
-    (a URL, say) is another function like this one, returning the same decoded image."""
+    """The one input source: an upload (its path on this server, already vetted by `uploads_only`; a public
+    image URL arrives here as the file `fetched` saved) decoded once by wmoe's loader into an RGB image;
+    errors name the file, not the server folder."""
     if not value:
         raise user_error("Upload, paste or capture an image first.", title="No image")
     return read_upload(value)
+
+
+def fetched(url: str) -> str:
+    """A public image URL downloaded into the upload folder (`demo.fetch`: no private address, at most the
+    launched app's upload size limit), named after the URL with the extension of its declared type (file
+    inputs check it); a refusal is the caller's error, with its reason and no server detail."""
+    blocks = gradio.context.LocalContext.blocks.get(None)
+    limit = getattr(blocks, "max_file_size", None) or gradio.utils._parse_file_size(DEFAULT_MAX_FILE_SIZE)
+    try:
+        image = fetch(url, limit)
+    except FetchError as e:
+        raise user_error(html.escape(f"The image URL was not fetched: {e}.")) from None
+    stem = re.sub(r"[^\w-]+", "_", Path(unquote(urlsplit(url).path)).stem)[-60:] or "image"
+    suffix = mimetypes.guess_extension(image.content_type) or ""
+    path = Path(tempfile.mkdtemp(prefix="url-", dir=gradio.utils.get_upload_folder())) / (stem + suffix)
+    path.write_bytes(image.body)
+    return str(path)
 
 
 def read_upload(path: str) -> Image.Image:

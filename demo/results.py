@@ -4,9 +4,7 @@ cell safe for spreadsheets), in per-request scratch folders."""
 from __future__ import annotations
 
 import atexit
-import base64
 import csv
-import io
 import shutil
 import tempfile
 import time
@@ -17,7 +15,6 @@ from PIL import Image
 
 from wmoe import Prediction
 from wmoe.detector import detail_size
-from wmoe.render import map_to_png16
 
 THUMB_SIDE = 768  # pictures other than the main overlay show at most this (long side)
 FORMULA_START = set("=+-@\uff1d\uff0b\uff0d\uff20")  # what makes a spreadsheet cell a formula
@@ -90,13 +87,6 @@ def result_json(pred: Prediction, threshold: float, about: dict) -> dict:
         "decision": decision(pred.score, threshold),
         "model": about,
     }
-
-
-def png16_base64(amap: np.ndarray) -> str:
-    """A [0, 1] map as a base64 16-bit grayscale PNG."""
-    buffer = io.BytesIO()
-    map_to_png16(amap).save(buffer, format="png")
-    return base64.b64encode(buffer.getvalue()).decode("ascii")
 
 
 def write_csv(path: Path, rows, errors, threshold: float, about: dict):

@@ -101,7 +101,7 @@ def test_analyze_without_a_checkpoint_runs_winclip_and_names_it(winclip, part, n
     assert result["score"] == pytest.approx(plus.score, abs=1e-6)
     assert "Method: **WinCLIP+**" in out[tab.score] and "the mean of the two parts" in out[tab.score]
     assert [p[1].split(" ")[0] for p in out[tab.parts]] == ["zero-shot", "reference"]
-    assert tab.predict_json(str(part), "brick wall", 0.5)["method"] == "WinCLIP"
+    assert tab.predict_json(str(part), "brick wall", 0.5)[tab.result_json]["method"] == "WinCLIP"
 
 
 def test_references_with_a_never_trained_model_are_shown_alone(tiny_checkpoint, part, normal):

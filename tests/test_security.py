@@ -11,6 +11,7 @@ import http.client
 import http.server
 import io
 import json
+import stat
 import threading
 import tracemalloc
 import zipfile
@@ -170,6 +171,14 @@ def test_zip_limits_per_member_per_request_and_per_archive(served, tmp_path, mon
     assert "archive inside the archive" in got["inner.zip"] and "archive inside" in got["renamed.png"]
     assert got["ok.png"] == "" and "cannot be unpacked" in got["bomb.png"]
     assert "encrypted" in reasons([encrypted(big, "ok.png", tmp_path / "enc.zip")])["ok.png"]
+    linked = tmp_path / "link.zip"  # the library's member rules (wmoe.archives): only plain files are read
+    with zipfile.ZipFile(linked, "w") as z:
+        link = zipfile.ZipInfo("link.png")
+        link.external_attr = (stat.S_IFLNK | 0o777) << 16
+        z.writestr(link, "/etc/passwd")
+        z.writestr("ok.png", png_bytes())
+    got = reasons([linked])
+    assert "symlink" in got["link.png"] and got["ok.png"] == ""
 
     many = tmp_path / "many.zip"
     with zipfile.ZipFile(many, "w") as z:
@@ -182,9 +191,10 @@ def test_zip_limits_per_member_per_request_and_per_archive(served, tmp_path, mon
     with zipfile.ZipFile(parts, "w", zipfile.ZIP_DEFLATED) as z:
         for i in range(3):
             z.writestr(f"p{i}.png", png_bytes(i) + bytes(2**20 + 10))  # a valid PNG with trailing bytes
+        z.writestr("p3.png", png_bytes(3))  # small, but the budget was spent on p2's refused bytes
     got = reasons([parts])
     assert got["p0.png"] == "" and got["p1.png"] == ""
-    assert "per request" in got["p2.png"]
+    assert "per request" in got["p2.png"] and "per request" in got["p3.png"]
 
 
 def encrypted(source: Path, member: str, target: Path) -> Path:
@@ -391,14 +401,13 @@ def trap():
 
 
 @pytest.mark.parametrize("endpoint", ENDPOINTS)
-def test_urls_are_never_fetched(served, client, small_image, trap, endpoint):
-    """The server never fetches a URL on a caller's behalf (loopback addresses here; gradio would fetch a
-    public one, unbounded): through gradio_client and raw HTTP, a clear refusal and no request made."""
+def test_private_urls_are_refused_by_every_endpoint(served, client, small_image, trap, endpoint):
+    """The server never fetches a private URL on a caller's behalf (loopback addresses here, see
+    test_fetch.py for the rest): through gradio_client and raw HTTP, a clear refusal and no request made."""
     for url in trap.urls:
         with pytest.raises(AppError) as err:
             client.predict(*with_file(endpoint, handle_file(url)), api_name=f"/{endpoint}")
-        if endpoint != "batch":
-            assert "not fetched from URLs" in str(err.value)
+        assert "loopback address: not fetched" in str(err.value)
         for value in [*file_values(url), {"path": "x.png", "url": url, "meta": {"_type": "gradio.FileData"}}]:
             status, stream = call(served, endpoint, json.dumps({"data": with_file(endpoint, value)}))
             assert refused(status, stream), (value, stream[:300])

@@ -99,26 +99,26 @@ def zip_declared_members(path: str | os.PathLike) -> int:
     return sys.maxsize if count == 0xFFFF else count
 
 
+def zip_member_kind(info: zipfile.ZipInfo) -> str:
+    """What a zip member is: "file" or "dir", which may be read, or what is refused ("symlink",
+    "encrypted file", "device", "fifo", "other")."""
+    mode = info.external_attr >> 16
+    if stat.S_ISLNK(mode):
+        return "symlink"
+    if info.is_dir():
+        return "dir"
+    if info.flag_bits & 0x1:
+        return "encrypted file"
+    if stat.S_IFMT(mode) and not stat.S_ISREG(mode):  # no type bits: a plain file
+        if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
+            return "device"
+        return "fifo" if stat.S_ISFIFO(mode) else "other"
+    return "file"
+
+
 def _zip_members(archive: zipfile.ZipFile) -> Iterator[_Member]:
     for info in archive.infolist():
-        mode = info.external_attr >> 16
-        if stat.S_ISLNK(mode):
-            kind = "symlink"
-        elif info.is_dir():
-            kind = "dir"
-        elif info.flag_bits & 0x1:
-            kind = "encrypted file"
-        elif stat.S_IFMT(mode) and not stat.S_ISREG(mode):  # no type bits: a plain file
-            kind = (
-                "device"
-                if stat.S_ISCHR(mode) or stat.S_ISBLK(mode)
-                else "fifo"
-                if stat.S_ISFIFO(mode)
-                else "other"
-            )
-        else:
-            kind = "file"
-        yield _Member(info.filename, kind, lambda info=info: archive.open(info))
+        yield _Member(info.filename, zip_member_kind(info), lambda info=info: archive.open(info))
 
 
 def _tar_members(archive: tarfile.TarFile) -> Iterator[_Member]:
@@ -140,8 +140,10 @@ def _tar_members(archive: tarfile.TarFile) -> Iterator[_Member]:
         yield _Member(info.name, kind, lambda info=info: archive.extractfile(info))
 
 
-def _copy(src: BinaryIO, dst: BinaryIO, name: str, limits: Limits, used: int) -> int:
-    """Copy `src` to `dst` counting the bytes read; returns the archive's new total."""
+def copy_counted(src: BinaryIO, dst: BinaryIO, name: str, limits: Limits, used: int = 0) -> int:
+    """Copy a member's stream `src` to `dst` a chunk at a time, counting the bytes read: ArchiveTooLargeError
+    as soon as the member passes `limits.member_bytes` or `used` plus it passes `limits.total_bytes`
+    (whatever its headers declare); returns the archive's new total."""
     size = 0
     while chunk := src.read(CHUNK):
         size += len(chunk)
@@ -182,7 +184,7 @@ def _extract_into(members: Iterator[_Member], staging: Path, limits: Limits) -> 
                 f"member {member.name!r}: its name is used twice in the archive"
             ) from None
         with member.open() as src, dst:
-            used = _copy(src, dst, member.name, limits, used)
+            used = copy_counted(src, dst, member.name, limits, used)
     return count
 
 
@@ -236,7 +238,9 @@ __all__ = [
     "BrokenArchiveError",
     "Limits",
     "UnsafeMemberError",
+    "copy_counted",
     "extract",
     "safe_parts",
     "zip_declared_members",
+    "zip_member_kind",
 ]
