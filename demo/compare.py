@@ -13,7 +13,7 @@ import numpy as np
 
 from demo.analyze import reference_images
 from demo.guards import display_settings, md, upload_image, user_errors, valid
-from demo.models import BASELINE_NAME, Models, run_variants, run_winclip
+from demo.models import BASELINE_NAME, Models, references_alone, run_variants, run_winclip
 from demo.results import Scratch, decision, png, shrink, stretch_to, thumbnail
 from demo.widgets import (
     checkpoint_menu,
@@ -208,6 +208,9 @@ class CompareTab:
         notes = [f"One colour scale for all ({scale_note}); outline at threshold {threshold:.2f}."]
         if about["warning"]:
             notes.append(f"**{about['warning']}**")
+        alone = [v.name for v in variants if v.references and references_alone(v.detector)]
+        if alone:  # the never-trained zero-shot part is not averaged in (wmoe.references.combine)
+            notes.append(f"{md(', '.join(alone))}: the reference map and score alone (never trained).")
         notes += [f"Not shown: {md(s)}." for s in missing]
         return {self.gallery: gallery, self.table: "\n".join(table) + "\n\n" + "\n\n".join(notes)}
 

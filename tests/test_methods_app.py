@@ -154,6 +154,7 @@ def test_compare_shows_every_method_for_one_pass_per_backbone(
     alone = baseline.predict(image, "brick wall", references=refs)
     assert scores["references alone"] == pytest.approx(alone.reference_score, abs=1e-3)
     assert "stretched jointly over the 9 maps" in out[tab.table]  # one colour scale for every method
+    assert "references, references alone: the reference map and score alone" in out[tab.table]
     rows = [r.split(" | ") for r in out[tab.table].splitlines() if r.startswith("| ") and "---" not in r]
     assert {r[0].strip("| "): r[1] for r in rows[1:]}["WinCLIP+"] == "WinCLIP+"
     runs.clear(), passes.clear()
