@@ -163,3 +163,17 @@ def test_musc_with_a_small_class_fails_before_the_backbone(tmp_path, capsys, pas
     err = capsys.readouterr().err
     assert "class 'tile'" in err and f"at least {musc.min_images()} images" in err
     assert passes == []
+
+
+def test_clip_reads_the_feature_cache_a_checkpoint_on_its_backbone_filled(
+    two_class_data, tiny_checkpoint, tmp_path, passes
+):
+    """Plain CLIP taps what the checkpoint taps on the same backbone: reproduce's CLIP stage costs no pass."""
+    cache = ["--feature-cache", str(tmp_path / "cache")]
+    assert run(two_class_data, tmp_path / "wmoe", "--checkpoint", str(tiny_checkpoint), *cache) == 0
+    assert sum(passes) == 16
+    passes.clear()
+    assert run(two_class_data, tmp_path / "clip", "--method", "clip", "--backbone", "wmoe-tiny", *cache) == 0
+    assert passes == []
+    counts = json.loads((tmp_path / "clip" / "metrics.json").read_text())["feature_cache"]
+    assert counts["hits"] == 16 and counts["computed"] == 0

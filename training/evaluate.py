@@ -176,7 +176,8 @@ def draw_shots(
         if len(normals) < k:
             raise MetaError(
                 f'{path}: class {cls!r} has {len(normals)} normal training images listed under "train"; '
-                f"--shots {k} needs {k} (MVTec layout: <class>/train/good/; own folder: reference/)"
+                f"--shots {k} needs {k} (prepare_data lists MVTec-like <class>/train/good/, BTAD's "
+                "train/ok/, VisA's csv train rows and an own folder's reference/)"
             )
         shots[cls] = [Path(root) / p for p in random.Random(f"{seed}:{cls}").sample(normals, k)]
     return shots
