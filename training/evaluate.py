@@ -126,9 +126,9 @@ def evaluate(
             elif method == "musc":
                 rows = _predict_musc(model, subset, world, size, batch_size, dtype, num_workers, bar, ks)
             else:
-                bank_ = class_references(model, refs, world.device, dtype)
+                ref_bank = class_references(model, refs, world.device, dtype)
                 rows = _predict(
-                    model, subset, world, size, batch_size, dtype, num_workers, bar, bank_, trained
+                    model, subset, world, size, batch_size, dtype, num_workers, bar, ref_bank, trained
                 )
             rows = {k: all_gather_rows(v, world) for k, v in rows.items()}
             if world.main:
