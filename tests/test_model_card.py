@@ -5,8 +5,8 @@ import shutil
 
 from huggingface_hub import ModelCard
 
-from training.evaluate import to_json
 from training.model_card import build_card, write_card
+from training.report import to_json
 
 
 def metrics_json(path, data, shots, mean):
