@@ -116,6 +116,10 @@ def test_end_to_end_download_train_evaluate_card_push(world):
     visa_refs = json.loads((out / "mvtec_to_others/eval/visa/4-shot/metrics.json").read_text())["references"]
     assert all(len(v) == 4 and all("/Data/Images/Normal/" in p for p in v) for v in visa_refs.values())
     assert len(list((out / "features").rglob("*.safetensors"))) > 0  # one shared feature cache
+    cache = lambda m: json.loads(m.read_text())["feature_cache"]  # noqa: E731
+    assert all(cache(m)["computed"] > 0 for m in (out / "training-free/musc/eval").rglob("metrics.json"))
+    checkpoint_evals = [m for m in out.glob("*_to_*/eval/*/*-shot/metrics.json")]
+    assert checkpoint_evals and all(cache(m)["computed"] == 0 for m in checkpoint_evals)  # MuSc paid the pass
 
     metrics = json.loads((out / "visa_to_mvtec/eval/mvtec/4-shot/metrics.json").read_text())
     assert metrics["shots"] == 4 and metrics["trained"] is True

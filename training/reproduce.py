@@ -6,14 +6,15 @@
 1. Downloads and prepares every dataset the recipes name that `--data` lacks (`training.download`); a
    dataset behind a login is skipped for evaluation with the message saying where to get it (a training
    dataset cannot be skipped).
-2. Trains each recipe (default: the field's two, MVTec AD -> the others and VisA -> MVTec AD) into
-   `OUTPUT/<recipe>/`, with one feature cache (`OUTPUT/features/`) shared by every stage, so the frozen
-   backbone sees each image once.
-3. Evaluates each checkpoint on its recipe's datasets zero-shot and with 1, 2 and 4 reference shots
+2. Evaluates the training-free methods (`TRAINING_FREE_METHODS`: MuSc, WinCLIP, plain CLIP;
+   `training.evaluate --method`) on every evaluation dataset, into
+   `OUTPUT/training-free/<method>/eval/<dataset>/<k>-shot/`; MuSc first, so the one feature cache
+   (`OUTPUT/features/`) holds each image's features with the raw block outputs MuSc needs.
+3. Trains each recipe (default: the field's two, MVTec AD -> the others and VisA -> MVTec AD) into
+   `OUTPUT/<recipe>/`, from the same feature cache, shared by every stage, so the frozen backbone sees
+   each image once.
+4. Evaluates each checkpoint on its recipe's datasets zero-shot and with 1, 2 and 4 reference shots
    (`training.evaluate --shots`), into `OUTPUT/<recipe>/eval/<dataset>/<k>-shot/`.
-4. Evaluates the training-free methods (`TRAINING_FREE_METHODS`: MuSc, WinCLIP, plain CLIP;
-   `training.evaluate --method`) on the same evaluation datasets, into
-   `OUTPUT/training-free/<method>/eval/<dataset>/<k>-shot/`.
 5. Writes each checkpoint's model card (`training.model_card`) and `OUTPUT/results.md` (+ `results.json`):
    the measured means beside the published numbers of `training/published.json`, each with its source.
 6. With `--push-to-hub`, publishes the first recipe's checkpoint (MVTec AD-trained by default).
@@ -344,19 +345,21 @@ def reproduce(
     wanted = set(datasets) if datasets else None
     ready = ensure_data(raws, data, wanted, mirror, checksums, progress)
     stages = Stages(output / STAGES)
-    measured, evaluated, settings = {}, {}, None
-    for name, raw in raws.items():
-        available = ready if wanted is None else ready & wanted
-        recipe = effective_recipe(raw, data, available)
-        settings = settings or eval_settings(recipe)
-        evaluated.update(dict.fromkeys(d["name"] for d in recipe["eval"]["datasets"]))
+    available = ready if wanted is None else ready & wanted
+    recipes_in = {name: effective_recipe(raw, data, available) for name, raw in raws.items()}
+    evaluated = dict.fromkeys(d["name"] for r in recipes_in.values() for d in r["eval"]["datasets"])
+    settings = eval_settings(next(iter(recipes_in.values())))
+    # the training-free methods first: MuSc's cache entries (with the raw block outputs) then serve the
+    # checkpoints' training and evaluation, so the backbone sees each image once
+    free = {
+        m: training_free_stage(m, backbone, list(evaluated), settings, output, data, stages, progress)
+        for m in sorted(methods, key=lambda m: m != "musc")
+    }
+    measured = {}
+    for name, recipe in recipes_in.items():
         h = train_stage(name, recipe, output, stages, progress)
         measured[name] = evaluate_stage(name, recipe, h, output, data, stages, progress)
         write_card(output / name, measured[name], push_to_hub if name == next(iter(raws)) else None)
-    free = {
-        m: training_free_stage(m, backbone, list(evaluated), settings, output, data, stages, progress)
-        for m in methods
-    }
     text, table = results_table(measured, raws, output, free)
     (output / "results.md").write_text(text)
     (output / "results.json").write_text(to_json(table))
