@@ -126,7 +126,7 @@ def evaluate(
             elif method == "musc":
                 rows = _predict_musc(model, subset, world, size, batch_size, dtype, num_workers, bar, ks)
             else:
-                ref_bank = class_references(model, refs, world.device, dtype)
+                ref_bank = class_references(model, refs, world.device, dtype, dataset.features)
                 rows = _predict(
                     model, subset, world, size, batch_size, dtype, num_workers, bar, ref_bank, trained
                 )
@@ -151,15 +151,31 @@ def evaluate(
     }
 
 
-def class_references(model, paths: list[Path] | None, device: torch.device, dtype: torch.dtype):
-    """The reference bank of one class's normal images (one backbone pass over them), or None."""
+def class_references(
+    model,
+    paths: list[Path] | None,
+    device: torch.device,
+    dtype: torch.dtype,
+    cache: FeatureCache | None = None,
+):
+    """The reference bank of one class's normal images, or None. With a feature cache the references are
+    read from it like any image (each pays the backbone once over every evaluation sharing the cache)."""
     if not paths:
         return None
     net = getattr(model, "module", model)
     bb = net.backbone
-    x = torch.stack([to_tensor(load_image(p), bb.image_size, bb.mean, bb.std) for p in paths]).to(device)
-    with autocast(device, dtype):
-        return bank(net.encode(x, net.config.layers), net.config.layers)
+    decode = lambda p: to_tensor(load_image(p), bb.image_size, bb.mean, bb.std)  # noqa: E731
+    if cache is None:
+        with autocast(device, dtype):
+            features = net.encode(torch.stack([decode(p) for p in paths]).to(device), net.config.layers)
+    else:
+        items = [cache.lookup(p) for p in paths]
+        batch = {k: [it[k] for it in items] for k in ("features", "feature_key", "feature_damaged")}
+        batch["image"] = [
+            decode(p) if it["features"] is None else None for p, it in zip(paths, items, strict=True)
+        ]
+        features = batch_inputs(batch, net, cache, device, dtype)
+    return bank(features, net.config.layers)
 
 
 def draw_shots(
