@@ -183,10 +183,14 @@ def test_raw_outputs_travel_with_item_cat_select_and_the_feature_cache(detector,
     bb = detector.model.backbone
     plain = FeatureCache(tmp_path, bb, (1, 2, 3, 4), torch.float32)
     cache = FeatureCache(tmp_path, bb, (1, 2, 3, 4), torch.float32, raw=(1, 3))
-    assert cache.setting_id != plain.setting_id  # the raw blocks are part of the key
+    assert cache.setting_id == plain.setting_id  # one folder: an entry says which raw blocks it holds
     cache.store("ab" * 32, features.item(1))
     back = cache.load("ab" * 32)
     assert sorted(back.raw) == [1, 3] and all(torch.equal(back.raw[k], features.raw[k][1:]) for k in (1, 3))
+    served = plain.load("ab" * 32)  # a run without MuSc reads the MuSc entry: no second backbone pass
+    assert served.raw == {} and torch.equal(served.patches[2], back.patches[2])
+    plain.store("cd" * 32, features.item(0))
+    assert cache.load("cd" * 32) is None and cache.stats.damaged == 0  # lacks the raw blocks: a miss
 
 
 # the method end to end on the tiny random backbone

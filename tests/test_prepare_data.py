@@ -43,7 +43,13 @@ def check_meta(meta: dict, root: Path, out: Path) -> None:
     for entries in meta["train"].values():  # normal training images only: the few-shot reference pool
         for e in entries:
             assert e["anomaly"] == 0 and not e["mask_path"] and (root / e["img_path"]).is_file()
-            assert "/train/good/" in f"/{e['img_path']}" or e["img_path"].startswith("reference/")
+            folders = (
+                "/train/good/",
+                "/train/ok/",
+                "/Images/Normal/",
+                "/reference/",
+            )  # MVTec, BTAD, VisA, own
+            assert any(f in f"/{e['img_path']}" for f in folders)
             assert e["img_path"] not in tested
     assert json.loads(out.read_text()) == meta
     for cls, entries in meta["test"].items():
@@ -514,3 +520,51 @@ def test_normal_training_images_are_listed_for_few_shot_references(tmp_path):
     meta = prepare("folder", own)
     assert [e["img_path"] for e in meta["train"]["own"]] == ["reference/r1.png"]
     assert all(not e["img_path"].startswith("reference/") for e in meta["test"]["own"])
+
+
+def test_visa_and_btad_list_their_normal_training_images(tmp_path):
+    """VisA: the split file's train rows labelled normal (never a test row, never an anomaly); BTAD: train/ok/."""
+    root = make_visa(tmp_path / "visa")
+    csv_path = root / "split_csv" / "1cls.csv"
+    extra = "candle/Data/Images/Anomaly/9.JPG"  # an anomalous image in the train split stays out of the pool
+    img(root / extra, 200)
+    csv_path.write_text(
+        csv_path.read_text() + f"candle,train,anomaly,{extra},candle/Data/Masks/Anomaly/000.png\n"
+    )
+    meta = prepare("visa", root)
+    assert {c: [e["img_path"] for e in es] for c, es in meta["train"].items()} == {
+        "candle": ["candle/Data/Images/Normal/0000.JPG"],
+        "pcb1": ["pcb1/Data/Images/Normal/0000.JPG"],
+    }
+    assert all(e["cls_name"] == c and e["anomaly"] == 0 for c, es in meta["train"].items() for e in es)
+    check_meta(meta, root, root / "meta.json")
+    meta = prepare("btad", make_btad(tmp_path / "btad"))
+    assert {c: [e["img_path"] for e in es] for c, es in meta["train"].items()} == {
+        "01": ["01/train/ok/0000.bmp"],
+        "02": ["02/train/ok/0000.png"],
+        "03": ["03/train/ok/0000.bmp"],
+    }
+
+
+def test_a_renamed_visa_object_keeps_its_training_images(tmp_path):
+    root = tmp_path / "visa"
+    rows = ["object,split,label,image,mask"]
+    for i, split in enumerate(("train", "train", "test")):
+        p = f"candle/Data/Images/Normal/{i:04d}.JPG"
+        img(root / p)
+        rows.append(f"candle,{split},normal,{p},")
+    p, m = "candle/Data/Images/Anomaly/000.JPG", "candle/Data/Masks/Anomaly/000.png"
+    img(root / p, 200)
+    mask(root / m)
+    rows.append(f"candle,test,anomaly,{p},{m}")
+    (root / "split_csv").mkdir(parents=True)
+    (root / "split_csv" / "1cls.csv").write_text("\n".join(rows) + "\n")
+    meta = prepare("visa", root, class_name="wax candle")
+    assert list(meta["test"]) == list(meta["train"]) == ["wax candle"]
+    assert [e["img_path"] for e in meta["train"]["wax candle"]] == [
+        "candle/Data/Images/Normal/0000.JPG",
+        "candle/Data/Images/Normal/0001.JPG",
+    ]
+    (root / "candle/Data/Images/Normal/0001.JPG").unlink()
+    with pytest.raises(DatasetLayoutError, match="training image candle/Data/Images/Normal/0001.JPG"):
+        prepare("visa", root)

@@ -1,5 +1,6 @@
 """training.reproduce end to end on tiny archives served over loopback: download -> prepare -> train ->
-evaluate -> model card -> a fake Hub push; then a kill at each kind of stage and a changed recipe."""
+evaluate -> training-free methods -> model card -> a fake Hub push; then a kill at each kind of stage and a
+changed recipe. Every method runs on the tiny random backbone."""
 
 import json
 from pathlib import Path
@@ -11,8 +12,19 @@ from support.dataset_server import DatasetServer, btad_archive, mvtec_archive, v
 from support.hubcache import populate_hub_cache
 
 from training import evaluate, reproduce, train
+from training.model_card import protocol
 
 MVTEC, VISA, BTAD = "mvtec_anomaly_detection.tar.xz", "VisA_20220922.tar", "btad.zip"
+# the training-free stages in run order: datasets in the recipes' order, each with its shot pool
+FREE = [
+    *(("eval", "musc", d, "0-shot") for d in ("visa", "btad", "mvtec")),
+    *(
+        ("eval", m, d, f"{k}-shot")
+        for m in ("winclip", "clip")
+        for d in ("visa", "btad", "mvtec")
+        for k in (0, 1, 2, 4)
+    ),
+]
 
 
 def tiny_recipe(train_on: str, evaluate_on: list[str], epochs: int = 1) -> dict:
@@ -77,13 +89,13 @@ def world(tmp_path, archives, monkeypatch):
     with DatasetServer(archives) as server:
         sums = server.checksums(tmp_path / "SHA256SUMS")
         argv = ["--output", str(tmp_path / "repro"), "--data", str(tmp_path / "data"), "--mirror", server.url]
-        argv += ["--checksums", str(sums), "--no-progress", "--recipes"]
+        argv += ["--checksums", str(sums), "--no-progress", "--backbone", "wmoe-tiny", "--recipes"]
         argv += [str(tmp_path / f"{n}.yaml") for n in recipes]
         yield {"argv": argv, "tmp": tmp_path, "out": tmp_path / "repro", "pushed": pushed, "state": state,
                "server": server}  # fmt: skip
 
 
-@pytest.mark.slow  # ~40 s on the shared 2-core machine
+@pytest.mark.slow  # 35 to 100 s on the shared 2-core machine, by its load (27 of its 39 evaluations are training-free)
 def test_end_to_end_download_train_evaluate_card_push(world):
     assert reproduce.main([*world["argv"], "--push-to-hub", "org/wmoe-repro"]) == 0
     out = world["out"]
@@ -93,15 +105,28 @@ def test_end_to_end_download_train_evaluate_card_push(world):
         ("train", "visa_to_mvtec", True),
     ]
     evals = {c[1:] for c in world["state"]["calls"] if c[0] == "eval"}
-    # MVTec AD lists train/good images: 0, 1, 2 and 4 shots; VisA's csv and BTAD's train/ok give no pool
+    # MVTec AD's train/good, VisA's csv train rows and BTAD's train/ok list normal images: 0, 1, 2 and 4 shots
     assert evals == {
-        ("mvtec_to_others", "visa", "0-shot"),
-        ("mvtec_to_others", "btad", "0-shot"),
+        *{("mvtec_to_others", d, f"{k}-shot") for d in ("visa", "btad") for k in (0, 1, 2, 4)},
         *{("visa_to_mvtec", "mvtec", f"{k}-shot") for k in (0, 1, 2, 4)},
+        *{c[1:] for c in FREE},
     }
     stages = json.loads((out / "stages.json").read_text())
-    assert all(s["state"] == "done" for s in stages.values()) and len(stages) == 2 + 6
+    assert all(s["state"] == "done" for s in stages.values()) and len(stages) == 2 + 12 + len(FREE)
+    visa_refs = json.loads((out / "mvtec_to_others/eval/visa/4-shot/metrics.json").read_text())["references"]
+    assert all(len(v) == 4 and all("/Data/Images/Normal/" in p for p in v) for v in visa_refs.values())
     assert len(list((out / "features").rglob("*.safetensors"))) > 0  # one shared feature cache
+    # one backbone pass per image and backbone: here the recipes' tiny model (48 px) and the training-free
+    # methods' (104 px) are two backbones, each with its cache setting; MuSc runs first and pays the test
+    # images' pass for CLIP (tests/test_musc.py shows a MuSc entry serving a run without raw blocks)
+    cache = lambda m: json.loads(m.read_text())["feature_cache"]  # noqa: E731
+    refs = lambda ms: {p for m in ms for v in json.loads(m.read_text())["references"].values() for p in v}  # noqa: E731
+    assert all(cache(m)["computed"] > 0 for m in (out / "training-free/musc/eval").rglob("metrics.json"))
+    for evals in (
+        list((out / "training-free/clip/eval").rglob("metrics.json")),
+        list(out.glob("*_to_*/eval/*/*-shot/metrics.json")),
+    ):  # the test images are all hits; each reference image is computed once over the evaluations
+        assert evals and sum(cache(m)["computed"] for m in evals) == len(refs(evals)) > 0
 
     metrics = json.loads((out / "visa_to_mvtec/eval/mvtec/4-shot/metrics.json").read_text())
     assert metrics["shots"] == 4 and metrics["trained"] is True
@@ -113,7 +138,27 @@ def test_end_to_end_download_train_evaluate_card_push(world):
     )
     assert "| AnomalyCLIP [2] |  | mvtec | zero-shot | 91.6 | 96.4 |" in results  # published, with its source
     assert "[3] WinCLIP: WinCLIP (Jeong et al., CVPR 2023)" in results
-    assert "Training-free methods (musc, winclip, clip) are not evaluated" in results
+    # the training-free methods beside them, measured on the same data, and their published numbers
+    free = out / "training-free"
+    for method, dataset, k, label in [
+        ("musc", "visa", 0, "MuSc"),
+        ("winclip", "mvtec", 0, "WinCLIP"),
+        ("winclip", "mvtec", 1, "WinCLIP+"),
+        ("clip", "mvtec", 4, "CLIP references alone"),
+    ]:
+        m = json.loads((free / method / "eval" / dataset / f"{k}-shot" / "metrics.json").read_text())
+        assert m["method"] == label and m["backbone"] == "wmoe-tiny" and m["checkpoint"] is None
+        row = f"| {label} (this run, wmoe-tiny; random-weight backbone) | (training-free) | {dataset} | "
+        assert (
+            row + f"{'zero-shot' if k == 0 else f'{k}-shot'} | {100 * m['mean']['image_auroc']:.1f} |"
+            in results
+        )
+    musc_visa = json.loads((free / "musc/eval/visa/0-shot/metrics.json").read_text())
+    assert musc_visa["musc_ks"] == [1, 8, 9]  # the authors' RsCIN list for VisA
+    assert json.loads((free / "musc/eval/mvtec/0-shot/metrics.json").read_text())["musc_ks"] == [1, 2, 3]
+    assert "| MuSc [6] |  | mvtec | zero-shot | 97.8 |  |  | 97.3 |  |  | 93.8 |" in results
+    assert "| WinCLIP+ [4] |  | mvtec | 1-shot | 93.1 |  |  | 95.2 |" in results
+    assert "[6] MuSc: MuSc (Li et al., ICLR 2024)" in results
 
     [(repo, snapshot)] = world["pushed"]
     assert repo == "org/wmoe-repro"
@@ -121,15 +166,16 @@ def test_end_to_end_download_train_evaluate_card_push(world):
         p.name for p in snapshot.iterdir()
     }
     card = ModelCard.load(snapshot / "README.md")
-    got = {(r.dataset_type, r.metric_type): r.metric_value for r in card.data.eval_results}
-    visa = json.loads((out / "mvtec_to_others/eval/visa/0-shot/metrics.json").read_text())["mean"]
-    assert got[("visa", "image_auroc")] == round(100 * visa["image_auroc"], 2)
-    assert {d for d, _ in got} == {"visa", "btad"}
+    got = {(r.dataset_type, r.dataset_config, r.metric_type): r.metric_value for r in card.data.eval_results}
+    for k in (0, 4):
+        visa = json.loads((out / f"mvtec_to_others/eval/visa/{k}-shot/metrics.json").read_text())["mean"]
+        assert got[("visa", protocol(k), "image_auroc")] == round(100 * visa["image_auroc"], 2)
+    assert {d for d, _, _ in got} == {"visa", "btad"}
     assert 'Detector.from_pretrained("org/wmoe-repro")' in card.text and "UNTRAINED" not in card.text
     assert "**Random-weight backbone**" in card.text  # the tiny test model says what its numbers are worth
 
 
-@pytest.mark.slow  # ~60 s on the shared 2-core machine
+@pytest.mark.slow  # 50 to 70 s on the shared 2-core machine
 def test_a_killed_run_resumes_and_a_changed_recipe_is_redone(world):
     state, out = world["state"], world["out"]
     calls = state["calls"]
@@ -150,9 +196,16 @@ def test_a_killed_run_resumes_and_a_changed_recipe_is_redone(world):
     ]
 
     calls.clear()
+    state["kill"] = lambda call: call == ("eval", "winclip", "mvtec", "1-shot")
+    with pytest.raises(Killed):
+        reproduce.main(world["argv"])
+    killed = FREE.index(("eval", "winclip", "mvtec", "1-shot"))
+    assert calls == [("eval", "visa_to_mvtec", "mvtec", f"{k}-shot") for k in (1, 2, 4)] + FREE[: killed + 1]
+
+    calls.clear()
     state["kill"] = None
     assert reproduce.main(world["argv"]) == 0
-    assert calls == [("eval", "visa_to_mvtec", "mvtec", f"{k}-shot") for k in (1, 2, 4)]
+    assert calls == FREE[killed:]  # the killed training-free evaluation and the ones after it
     calls.clear()
     assert reproduce.main(world["argv"]) == 0
     assert calls == []  # every stage done: nothing runs again
@@ -162,7 +215,8 @@ def test_a_killed_run_resumes_and_a_changed_recipe_is_redone(world):
     assert reproduce.main(world["argv"]) == 0
     assert calls == [("train", "visa_to_mvtec", True)] + [
         ("eval", "visa_to_mvtec", "mvtec", f"{k}-shot") for k in (0, 1, 2, 4)
-    ]  # a changed recipe: its training (from scratch: its old states are gone) and every evaluation redone
+    ]  # a changed recipe: its training (from scratch: its old states are gone) and every evaluation redone;
+    # the training-free methods do not depend on it: not run again
     assert json.loads((out / "visa_to_mvtec/metrics.json").read_text())["steps"] == 2 * steps
     assert (out / "mvtec_to_others/model.safetensors").stat().st_mtime_ns == first
 

@@ -1,6 +1,14 @@
-"""Evaluate any WMoE-CLIP checkpoint on any prepared dataset: per-class and mean metrics (zero-shot protocol).
+"""Evaluate any WMoE-CLIP checkpoint, or a training-free method, on any prepared dataset: per-class and mean metrics.
 
     python -m training.evaluate --checkpoint runs/mvtec --data data/visa --out runs/mvtec/eval/visa
+    python -m training.evaluate --method musc --data data/visa --out runs/musc/visa   # no checkpoint
+
+Methods (`--method`): `wmoe` (default; needs --checkpoint), and the training-free `musc` (wmoe.musc: each
+class's test images scored as one batch, as the paper does), `winclip` (wmoe.winclip; WinCLIP+ with
+--shots) and `clip` (plain CLIP with fixed prompts, `Detector.training_free`; with --shots the reference
+map alone, the library's rule for an untrained model). `--backbone NAME` replaces a training-free method's
+default backbone (ViT-L-14-336 at 518 px for musc and clip, ViT-B-16-plus-240 at 240 px for winclip;
+`wmoe-tiny` is the tiny random one of the tests; another open_clip name gets random weights).
 
 Writes results.md (x100, one decimal), results.csv and metrics.json (fractions in 0..1), and for a model
 with SA-MoE each class's mean routing weights and routing entropy (wmoe.routing): a table in results.md,
@@ -24,12 +32,13 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 
+import open_clip
 import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Subset
 
 from training.config import Eval, Optim, TrainConfig, TrainConfigError
-from training.data import MetaDataset, MetaError, collate, resolve_meta
+from training.data import MetaDataset, MetaError, collate, prompt_name, resolve_meta
 from training.distributed import (
     DEVICES,
     PRECISIONS,
@@ -43,8 +52,9 @@ from training.distributed import (
 from training.feature_cache import STORAGE, FeatureCache, batch_inputs
 from training.progress import progress_bar
 from training.report import METRICS, markdown_table, write_results
-from wmoe import load_model
+from wmoe import Detector, WinCLIP, WMoEConfig, load_model, musc
 from wmoe import metrics as M
+from wmoe.detector import EncodedBatch
 from wmoe.errors import EXIT_ERROR, EXIT_OK, WMoEError
 from wmoe.features import BackboneFeatures
 from wmoe.precision import autocast, dtype_name
@@ -54,6 +64,12 @@ from wmoe.references import combine as with_references
 from wmoe.routing import summarize_routing
 
 PIXEL = METRICS[3:]
+METHODS = {"wmoe": "WMoE-CLIP", "musc": musc.METHOD, "winclip": "WinCLIP", "clip": "CLIP"}  # --method: name
+TINY = "wmoe-tiny"  # --backbone: the tiny random backbone of the tests (WMoEConfig.tiny())
+
+
+class MethodError(WMoEError, ValueError):
+    """A method and options that do not go together (e.g. MuSc with --shots), or an unknown backbone."""
 
 
 @torch.no_grad()
@@ -69,6 +85,8 @@ def evaluate(
     desc: str | None = None,
     references: dict[str, list[Path]] | None = None,
     trained: bool = False,
+    method: str = "wmoe",
+    ks: tuple[int, ...] = musc.KS,
 ) -> dict | None:
     """Metrics of `model` on `dataset`, class by class: {"mean", "per_class", "counts", "images", "map_size",
     "routing"}; routing: {class: `RoutingSummary.to_dict()`}, or None for a model without SA-MoE.
@@ -79,10 +97,17 @@ def evaluate(
     references: {class: normal image files} for the few-shot protocol (`draw_shots`): each image's map and
     score then combine the zero-shot output with its reference map as the Detector does
     (`wmoe.references.combine`; trained: whether the model was trained, else the reference part alone).
+    method: "wmoe" and "clip" run `model` (a WMoECLIP) batch by batch; "musc" scores each class as one
+    batch on `model`'s backbone (one process; ks: RsCIN's k list); "winclip" runs `model` (a WinCLIP)
+    image by image, WinCLIP+ with references.
     """
-    world = world or World(device=next(model.parameters()).device)
-    was_training = model.training
-    model.eval()
+    world = world or World(
+        device=model.device if isinstance(model, WinCLIP) else next(model.parameters()).device
+    )
+    module = model if isinstance(model, torch.nn.Module) else None
+    was_training = module is not None and module.training
+    if module is not None:
+        module.eval()
     size = dataset.mask_size
     total = sum(len(shard(dataset.indices_of(c), world)) for c in dataset.classes)
     bar = progress_bar(
@@ -94,18 +119,17 @@ def evaluate(
     per_class, counts, routing = {}, {}, {}
     try:
         for cls in dataset.classes:
-            rows = _predict(
-                model,
-                Subset(dataset, shard(dataset.indices_of(cls), world)),
-                world,
-                size,
-                batch_size,
-                dtype,
-                num_workers,
-                bar,
-                class_references(model, (references or {}).get(cls), world.device, dtype),
-                trained,
-            )
+            subset = Subset(dataset, shard(dataset.indices_of(cls), world))
+            refs = (references or {}).get(cls)
+            if method == "winclip":
+                rows = _predict_winclip(model, subset, size, bar, refs)
+            elif method == "musc":
+                rows = _predict_musc(model, subset, world, size, batch_size, dtype, num_workers, bar, ks)
+            else:
+                ref_bank = class_references(model, refs, world.device, dtype, dataset.features)
+                rows = _predict(
+                    model, subset, world, size, batch_size, dtype, num_workers, bar, ref_bank, trained
+                )
             rows = {k: all_gather_rows(v, world) for k, v in rows.items()}
             if world.main:
                 per_class[cls], counts[cls] = _class_metrics(rows)
@@ -113,7 +137,8 @@ def evaluate(
                     routing[cls] = summarize_routing(rows["routing"].double().numpy()).to_dict()
     finally:
         bar.close()
-        model.train(was_training)
+        if module is not None:
+            module.train(was_training)
     if not world.main:
         return None
     return {
@@ -126,15 +151,31 @@ def evaluate(
     }
 
 
-def class_references(model, paths: list[Path] | None, device: torch.device, dtype: torch.dtype):
-    """The reference bank of one class's normal images (one backbone pass over them), or None."""
+def class_references(
+    model,
+    paths: list[Path] | None,
+    device: torch.device,
+    dtype: torch.dtype,
+    cache: FeatureCache | None = None,
+):
+    """The reference bank of one class's normal images, or None. With a feature cache the references are
+    read from it like any image (each pays the backbone once over every evaluation sharing the cache)."""
     if not paths:
         return None
     net = getattr(model, "module", model)
     bb = net.backbone
-    x = torch.stack([to_tensor(load_image(p), bb.image_size, bb.mean, bb.std) for p in paths]).to(device)
-    with autocast(device, dtype):
-        return bank(net.encode(x, net.config.layers), net.config.layers)
+    decode = lambda p: to_tensor(load_image(p), bb.image_size, bb.mean, bb.std)  # noqa: E731
+    if cache is None:
+        with autocast(device, dtype):
+            features = net.encode(torch.stack([decode(p) for p in paths]).to(device), net.config.layers)
+    else:
+        items = [cache.lookup(p) for p in paths]
+        batch = {k: [it[k] for it in items] for k in ("features", "feature_key", "feature_damaged")}
+        batch["image"] = [
+            decode(p) if it["features"] is None else None for p, it in zip(paths, items, strict=True)
+        ]
+        features = batch_inputs(batch, net, cache, device, dtype)
+    return bank(features, net.config.layers)
 
 
 def draw_shots(
@@ -151,7 +192,8 @@ def draw_shots(
         if len(normals) < k:
             raise MetaError(
                 f'{path}: class {cls!r} has {len(normals)} normal training images listed under "train"; '
-                f"--shots {k} needs {k} (MVTec layout: <class>/train/good/; own folder: reference/)"
+                f"--shots {k} needs {k} (prepare_data lists MVTec-like <class>/train/good/, BTAD's "
+                "train/ok/, VisA's csv train rows and an own folder's reference/)"
             )
         shots[cls] = [Path(root) / p for p in random.Random(f"{seed}:{cls}").sample(normals, k)]
     return shots
@@ -171,27 +213,11 @@ def _predict(
 ) -> dict[str, torch.Tensor]:
     """This process's share of one class: index, label, score of every image; map and mask of the images whose
     masks are known (the others need no pixels kept)."""
-    loader = DataLoader(
-        subset,
-        batch_size=batch_size,
-        shuffle=False,
-        collate_fn=collate,
-        num_workers=num_workers,
-        generator=torch.Generator().manual_seed(0),
-    )  # never touches the global RNG
     device = world.device
     config = getattr(model, "module", model).config
     experts = config.num_experts if config.use_moe else 0
-    out = {
-        "index": [torch.zeros(0, dtype=torch.long)],
-        "label": [torch.zeros(0, dtype=torch.long)],
-        "score": [torch.zeros(0)],
-        "pixel_index": [torch.zeros(0, dtype=torch.long)],
-        "map": [torch.zeros(0, size, size)],
-        "mask": [torch.zeros(0, size, size, dtype=torch.uint8)],
-        "routing": [torch.zeros(0, experts)],
-    }
-    for batch in loader:
+    out = _empty_rows(size, experts)
+    for batch in _loader(subset, batch_size, num_workers):
         inputs = batch_inputs(
             batch, model, subset.dataset.features, device, dtype
         )  # images, or their features
@@ -206,20 +232,93 @@ def _predict(
                 pred.anomaly_map, pred.image_score, _, _ = with_references(
                     pred.anomaly_map, pred.image_score, grid, trained=trained
                 )
-        known = batch["has_mask"].bool()
-        out["index"].append(batch["index"].long())
-        out["label"].append(batch["label"].long())
-        out["score"].append(pred.image_score.float().cpu())
         if experts:
             out["routing"].append(pred.routing_weights.float().cpu())
-        if known.any():
-            amap = pred.anomaly_map.float()[known.to(device)][:, None]
-            if amap.shape[-1] != size:
-                amap = F.interpolate(amap, size=(size, size), mode="bilinear", align_corners=False)
-            out["pixel_index"].append(batch["index"][known].long())
-            out["map"].append(amap[:, 0].cpu())
-            out["mask"].append(batch["mask"][known].to(torch.uint8))  # uint8: every backend can gather it
+        _add_rows(out, batch, pred.image_score, pred.anomaly_map, size)
         bar.update(len(batch["index"]))
+    return {k: torch.cat(v) for k, v in out.items()}
+
+
+def _empty_rows(size: int, experts: int = 0) -> dict[str, list[torch.Tensor]]:
+    return {
+        "index": [torch.zeros(0, dtype=torch.long)],
+        "label": [torch.zeros(0, dtype=torch.long)],
+        "score": [torch.zeros(0)],
+        "pixel_index": [torch.zeros(0, dtype=torch.long)],
+        "map": [torch.zeros(0, size, size)],
+        "mask": [torch.zeros(0, size, size, dtype=torch.uint8)],
+        "routing": [torch.zeros(0, experts)],
+    }
+
+
+def _add_rows(out: dict, batch: dict, scores: torch.Tensor, maps: torch.Tensor, size: int) -> None:
+    """One batch's labels and scores, and the maps (B, h, w) and masks of its images whose masks are known
+    (maps resized bilinearly to size x size, as the masks are)."""
+    known = batch["has_mask"].bool()
+    out["index"].append(batch["index"].long())
+    out["label"].append(batch["label"].long())
+    out["score"].append(scores.float().cpu())
+    if known.any():
+        amap = maps.float()[known.to(maps.device)][:, None]
+        if amap.shape[-2:] != (size, size):
+            amap = F.interpolate(amap, size=(size, size), mode="bilinear", align_corners=False)
+        out["pixel_index"].append(batch["index"][known].long())
+        out["map"].append(amap[:, 0].cpu())
+        out["mask"].append(batch["mask"][known].to(torch.uint8))  # uint8: every backend can gather it
+
+
+def _loader(subset: Subset, batch_size: int, num_workers: int) -> DataLoader:
+    return DataLoader(
+        subset,
+        batch_size=batch_size,
+        shuffle=False,
+        collate_fn=collate,
+        num_workers=num_workers,
+        generator=torch.Generator().manual_seed(0),
+    )  # never touches the global RNG
+
+
+def _predict_musc(
+    model, subset: Subset, world: World, size: int, batch_size: int, dtype, num_workers: int, bar, ks
+) -> dict[str, torch.Tensor]:
+    """MuSc on one class's images as one batch (the paper scores each class's test set together): the
+    backbone runs in chunks of `batch_size` (through the feature cache if any), the class's features are
+    stacked (one class's features in memory at a time), then `wmoe.musc.predictions` scores them all, its
+    maps made at size x size directly (the masks' size)."""
+    raw = musc.musc_layers(model.backbone.depth)
+    parts, batches = [], []
+    cache = subset.dataset.features
+    for batch in _loader(subset, batch_size, num_workers):
+        inputs = batch_inputs(batch, model, cache, world.device, dtype)
+        if not isinstance(inputs, BackboneFeatures):
+            with autocast(world.device, dtype):
+                inputs = model.encode(inputs, model.config.layers, raw=raw)
+        parts.append(inputs)
+        batches.append({k: batch[k] for k in ("index", "label", "has_mask", "mask")})
+    batch = {k: torch.cat([b[k] for b in batches]) for k in batches[0]}
+    features = BackboneFeatures.cat(parts)
+    n = len(features)
+    encoded = EncodedBatch(features, [(size, size)] * n, model.backbone, world.device, dtype, {})
+    name = prompt_name(subset.dataset.entries[subset.indices[0]]["cls_name"])
+    preds = musc.predictions(encoded, name, ks=ks)
+    out = _empty_rows(size)
+    maps = torch.stack([torch.from_numpy(p.anomaly_map) for p in preds])
+    _add_rows(out, batch, torch.tensor([p.score for p in preds]), maps, size)
+    bar.update(n)
+    return {k: torch.cat(v) for k, v in out.items()}
+
+
+def _predict_winclip(
+    winclip: WinCLIP, subset: Subset, size: int, bar, references: list[Path] | None
+) -> dict[str, torch.Tensor]:
+    """WinCLIP (WinCLIP+ with references) image by image through `WinCLIP.predict`, its map (at the
+    image's size) resized to size x size as the masks are."""
+    out = _empty_rows(size)
+    for batch in _loader(subset, 1, 0):
+        pred = winclip.predict(batch["path"][0], batch["class_name"][0], references=references)
+        amap = torch.from_numpy(pred.anomaly_map)[None]
+        _add_rows(out, batch, torch.tensor([pred.score]), amap, size)
+        bar.update(1)
     return {k: torch.cat(v) for k, v in out.items()}
 
 
@@ -273,7 +372,27 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """The command line, checked by the rules of the recipe's fields of the same names."""
     ap = argparse.ArgumentParser(prog="python -m training.evaluate", description=__doc__.splitlines()[0])
     ap.add_argument(
-        "--checkpoint", required=True, help="checkpoint folder (config.json + model.safetensors) or Hub id"
+        "--method",
+        choices=list(METHODS),
+        default="wmoe",
+        help="wmoe (a checkpoint, the default), or the training-free musc, winclip or clip",
+    )
+    ap.add_argument(
+        "--checkpoint", default=None, help="checkpoint folder (config.json + model.safetensors) or Hub id"
+    )
+    ap.add_argument(
+        "--backbone",
+        default=None,
+        metavar="NAME",
+        help=f"a training-free method's backbone (default: its own; {TINY}: the tiny random one of the tests)",
+    )
+    ap.add_argument(
+        "--musc-ks",
+        type=int,
+        nargs="+",
+        default=list(musc.KS),
+        metavar="K",
+        help="MuSc's RsCIN k list (default 1 2 3, the authors' for MVTec AD; theirs for VisA: 1 8 9)",
     )
     ap.add_argument(
         "--data", required=True, help="dataset root (prepared with python -m training.prepare_data)"
@@ -321,35 +440,106 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
+def check_method(args: argparse.Namespace) -> None:
+    """Raise MethodError for options the method cannot honour (before anything is loaded)."""
+    name = METHODS[args.method]
+    if args.method == "wmoe":
+        if not args.checkpoint:
+            raise MethodError("--method wmoe evaluates a checkpoint: give --checkpoint FOLDER_OR_HUB_ID")
+        if args.backbone:
+            raise MethodError("--backbone is for the training-free methods; a checkpoint names its own")
+        return
+    if args.checkpoint:
+        raise MethodError(f"{name} needs no checkpoint; drop --checkpoint (or use --method wmoe)")
+    if args.method == "musc" and args.shots:
+        raise MethodError("MuSc scores each class's test images against each other: it takes no --shots")
+    if args.method == "winclip" and args.feature_cache:
+        raise MethodError("WinCLIP runs its windows through its own backbone: --feature-cache does not apply")
+    if args.method != "musc" and list(args.musc_ks) != list(musc.KS):
+        raise MethodError("--musc-ks is for --method musc")
+
+
+def method_config(method: str, backbone: str | None) -> WMoEConfig:
+    """The backbone fields of a training-free method: its default, the tiny random one (`TINY`), or another
+    open_clip model (random weights, its own input size, MuSc's quarter-depth blocks as its layers)."""
+    if method == "winclip" and backbone in (None, TINY):
+        return WinCLIP.config_for(tiny=backbone == TINY)
+    if backbone is None:
+        return WMoEConfig()  # ViT-L-14-336, OpenAI weights, 518 px: MuSc's and the WMoE-CLIP recipes' setting
+    if backbone == TINY:
+        return WMoEConfig.tiny()
+    vision = (open_clip.get_model_config(backbone) or {}).get("vision_cfg")
+    if not vision or not isinstance(vision.get("layers"), int):
+        raise MethodError(
+            f"unknown backbone {backbone!r}: give an open_clip vision transformer name or {TINY}"
+        )
+    return WMoEConfig(
+        backbone=backbone,
+        pretrained=None,
+        image_size=int(vision["image_size"]),
+        layers=musc.musc_layers(vision["layers"]),
+    )
+
+
+def load_method(args: argparse.Namespace, device: torch.device) -> tuple[object, dict]:
+    """The model `evaluate` runs for `args.method` and its record: a WMoECLIP (wmoe: the checkpoint; clip
+    and musc: plain CLIP, `Detector.training_free`) or a WinCLIP."""
+    if args.method == "wmoe":
+        model, info = load_model(args.checkpoint)
+        return model.to(device), {"trained": bool(info.get("trained")), "checkpoint": str(args.checkpoint)}
+    config = method_config(args.method, args.backbone)
+    if config.pretrained is None and config.backbone != TINY:
+        print(f"note: {config.backbone} has random weights here: its numbers say nothing", file=sys.stderr)
+    if args.method == "winclip":
+        model = WinCLIP(config, device=device)
+    else:
+        model = Detector.training_free(like=config, device=device).model
+    record = {"trained": False, "checkpoint": None, "backbone": config.backbone}
+    return model, {**record, "pretrained": config.pretrained, "image_size": config.image_size}
+
+
 def run(args: argparse.Namespace) -> dict | None:
-    """Evaluate `args.checkpoint` on `args.data` and write the reports in `args.out` (training/report.py);
-    the result with the run's record on the main process, None on the others. Raises WMoEError."""
+    """Evaluate `args.method` (a checkpoint, or a training-free method) on `args.data` and write the reports
+    in `args.out` (training/report.py); the result with the run's record on the main process, None on the
+    others. Raises WMoEError (MethodError for options the method cannot honour)."""
+    check_method(args)
     world, threads = None, torch.get_num_threads()
     if args.cpu_threads:
         torch.set_num_threads(args.cpu_threads)
     try:
         world = init_world(args.device)
-        model, info = load_model(args.checkpoint)
-        model.to(world.device)
+        if args.method == "musc" and world.size > 1:
+            raise MethodError("MuSc scores each class as one batch on one process: run it without torchrun")
+        model, record = load_method(args, world.device)
+        backbone = model.backbone
         size = model.config.image_size
         dtype = autocast_dtype(world.device, args.precision)
+        if args.method == "winclip":
+            dtype = torch.float32  # WinCLIP.predict runs without autocast
         cache = None
         if args.feature_cache:
+            raw = musc.musc_layers(backbone.depth) if args.method == "musc" else ()
             cache = FeatureCache(
-                args.feature_cache, model.backbone, model.config.layers, dtype, args.feature_cache_dtype
+                args.feature_cache, backbone, model.config.layers, dtype, args.feature_cache_dtype, raw
             )
         dataset = MetaDataset(
             args.data,
             args.meta,
             args.classes,
             image_size=size,
-            mean=model.backbone.mean,
-            std=model.backbone.std,
+            mean=backbone.mean,
+            std=backbone.std,
             mask_size=map_side(args.map_size, size),
             features=cache,
         )
-        trained = bool(info.get("trained"))
-        if world.main and not trained:
+        if args.method == "musc":
+            for cls in dataset.classes:
+                try:
+                    musc.require_images(len(dataset.indices_of(cls)))
+                except musc.MuScError as e:
+                    raise musc.MuScError(f"class {cls!r}: {e}") from None
+        trained = record["trained"]
+        if world.main and args.method == "wmoe" and not trained:
             print(f"note: {args.checkpoint} is marked UNTRAINED in its config.json", file=sys.stderr)
         shots = None
         if args.shots:
@@ -365,14 +555,17 @@ def run(args: argparse.Namespace) -> dict | None:
             progress=not args.no_progress,
             references=shots,
             trained=trained,
+            method=args.method,
+            ks=tuple(args.musc_ks),
         )
         feature_cache = cache.report(world) if cache is not None else None  # every process
         if not world.main:
             return None
+        name = method_name(args.method, args.shots)
         result = {
             **result,
-            "checkpoint": str(args.checkpoint),
-            "trained": trained,
+            "method": name,
+            **record,
             "data": str(args.data),
             "meta": str(args.meta),
             "classes": args.classes,
@@ -386,15 +579,27 @@ def run(args: argparse.Namespace) -> dict | None:
             "references": {
                 c: [str(Path(p).relative_to(args.data)) for p in v] for c, v in (shots or {}).items()
             },
+            "musc_ks": list(args.musc_ks) if args.method == "musc" else None,
             "feature_cache": feature_cache,
         }
         protocol = f", {args.shots}-shot (seed {args.shot_seed})" if args.shots else ", zero-shot"
-        write_results(result, args.out, title=f"{args.checkpoint} on {args.data}{protocol}")
+        label = args.checkpoint if args.method == "wmoe" else f"{name} ({record['backbone']})"
+        write_results(result, args.out, title=f"{label} on {args.data}{protocol}")
         return result
     finally:
         torch.set_num_threads(threads)
         if world is not None:
             close_world(world)
+
+
+def method_name(method: str, shots: int = 0) -> str:
+    """The name a result carries: WinCLIP with references is WinCLIP+; plain CLIP with references is its
+    reference map alone (`wmoe.references.combine` for an untrained model)."""
+    if shots and method == "winclip":
+        return "WinCLIP+"
+    if shots and method == "clip":
+        return "CLIP references alone"
+    return METHODS[method]
 
 
 def main(argv: list[str] | None = None) -> int:

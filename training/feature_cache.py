@@ -8,12 +8,16 @@ folder each image pays the backbone once; later passes read its entry.
 Layout: `DIR/<setting>/<aa>/<sha256 of the image file>.safetensors`, and `DIR/<setting>/setting.json`
 saying what `<setting>` stands for. The setting is a hash of everything that changes the features: the
 backbone's name and image tower, weights and settings such as the activation (`Backbone.fingerprint`,
-once per run), input size, normalisation and resize rule (`wmoe.preprocess.PREPROCESSING`), tapped layers
-and the blocks whose raw outputs are kept (`BackboneFeatures.raw`, for MuSc), the precision of the
-backbone pass,
-the storage precision, and the torch and open_clip versions. The image is keyed by its bytes, so an
-edited file is a new entry; nothing is ever looked up by path or date. Old entries are never wrong, only
-unused: delete the folder to reclaim the space.
+once per run), input size, normalisation and resize rule (`wmoe.preprocess.PREPROCESSING`), tapped layers,
+the precision of the backbone pass, the storage precision, and the torch and open_clip versions. The image
+is keyed by its bytes, so an edited file is a new entry; nothing is ever looked up by path or date. Old
+entries are never wrong, only unused: delete the folder to reclaim the space.
+
+The raw block outputs MuSc needs (`BackboneFeatures.raw`) are not part of the setting: an entry holds the
+raw blocks its writer asked for, serves every request whose raw blocks it holds (a run that asks for none
+reads a MuSc entry), and is a miss, recomputed and rewritten with them, for a request it lacks them for.
+So a MuSc evaluation and the WMoE-CLIP runs over the same images share one backbone pass per image when
+MuSc runs first (`training.reproduce` orders its stages so).
 
 An entry is written to a unique temporary name and renamed into place (atomic), so concurrent
 processes (torchrun ranks sharing the folder) never read a partial file; two writers of the same entry
@@ -92,7 +96,6 @@ class FeatureCache:
             "std": list(backbone.std),
             "preprocessing": PREPROCESSING,
             "layers": list(self.layers),
-            "raw_layers": list(self.raw),
             "compute_dtype": str(compute_dtype).replace("torch.", ""),
             "storage": storage,
             "torch": torch.__version__,
@@ -161,6 +164,8 @@ class FeatureCache:
             if meta.get("crc32") != str(_crc(tensors)):
                 raise ValueError("checksum mismatch")
             dtypes = json.loads(meta["dtypes"])
+            if any(f"raw.{k}" not in tensors for k in self.raw):
+                return None, False  # written without the raw blocks asked for: a miss, not damage
             patches = {k: tensors[f"layer.{k}"] for k in self.layers}
             raw = {k: tensors[f"raw.{k}"] for k in self.raw}
             grid, size = json.loads(meta["grid"]), json.loads(meta["input"])

@@ -7,8 +7,9 @@ Schema (APRIL-GAN / AnomalyCLIP / AdaCLIP):
 `img_path` / `mask_path` are relative to the dataset root (POSIX separators); `mask_path` is ""
 when the image has no mask (every normal image, and datasets with image labels only); `anomaly` is 0/1.
 The protocol trains on the *test* split of one dataset and evaluates zero-shot on the others (see
-training/README.md); "train" lists only normal training images (MVTec-like `train/good/`, an own
-folder's `reference/`), the pool the few-shot protocol draws its reference images from.
+training/README.md); "train" lists only normal training images (MVTec-like `train/good/`, BTAD's
+`train/ok/`, VisA's split-file `train` rows labelled normal, an own folder's `reference/`), the pool the
+few-shot protocol draws its reference images from.
 
 One small loader per dataset, registered in `LOADERS`; each loader's docstring gives the layout it
 expects. `folder` is for a user's own data. Usage:
@@ -235,11 +236,46 @@ def load_mvtec(root: Path, class_name: str | None = None) -> dict[str, Entries]:
 def load_btad(root: Path, class_name: str | None = None) -> dict[str, Entries]:
     """BTAD (BeanTech, also distributed as `BTech_Dataset_transformed`):
 
+    <root>/01|02|03/train/ok/*.bmp|png                    normal training images ("train": few-shot pool)
     <root>/01|02|03/test/ok/*.bmp|png                     normal
     <root>/01|02|03/test/ko/*.bmp|png                     anomalous
     <root>/01|02|03/ground_truth/ko/<stem>.png|bmp        its mask (same stem; <stem>_mask accepted)
     """
     return _mvtec_like(root, class_name, "ok", ("", "_mask"))
+
+
+def _visa_split(root: Path) -> tuple[Path, list[dict]] | None:
+    """VisA's split file and its rows (lower-case keys, stripped values), or None when there is none."""
+    csv_path = next((p for p in (root / "split_csv" / "1cls.csv", root / "1cls.csv") if p.is_file()), None)
+    if csv_path is None:
+        return None
+    with csv_path.open(newline="") as f:
+        reader = csv.DictReader(f)
+        cols = [c.strip().lower() for c in (reader.fieldnames or [])]
+        need = ["object", "split", "label", "image", "mask"]
+        if not set(need) <= set(cols):
+            raise DatasetLayoutError(f"{csv_path}: columns {cols}; expected {','.join(need)}")
+        return csv_path, [{k.strip().lower(): (v or "").strip() for k, v in r.items() if k} for r in reader]
+
+
+def _visa_train(root: Path, test: dict[str, Entries]) -> dict[str, Entries]:
+    """VisA's few-shot pool: the split file's `train` rows labelled `normal`, per tested object (a class
+    renamed with --class-name keeps them). Without a split file, the MVTec-like `train/good/` folders."""
+    split = _visa_split(root)
+    if split is None:
+        return _normal_references(root, test)
+    csv_path, rows = split
+    single = next(iter(test)) if len(test) == 1 else None  # one tested object, maybe renamed
+    tested = {r["object"]: single or r["object"] for r in rows if r["split"].lower() == "test"}
+    out: dict[str, Entries] = {}
+    for r in rows:
+        if r["split"].lower() != "train" or r["label"].lower() != "normal" or r["object"] not in tested:
+            continue
+        cls = tested[r["object"]]
+        if not (root / r["image"]).is_file():
+            raise DatasetLayoutError(f"{csv_path}: training image {r['image']} listed but not found")
+        out.setdefault(cls, []).append(_entry(root, root / r["image"], cls, "good", False))
+    return out
 
 
 @LOADERS.register("visa")
@@ -250,25 +286,20 @@ def load_visa(root: Path, class_name: str | None = None) -> dict[str, Entries]:
         <root>/<object>/Data/Images/{Normal,Anomaly}/*.JPG and <object>/Data/Masks/Anomaly/*.png
 
     The rows with `split == test` are listed; `label` is `normal` or `anomaly`; the `image` and
-    `mask` columns are paths relative to `<root>`. `specie_name` is `good` or `anomaly`.
+    `mask` columns are paths relative to `<root>`. `specie_name` is `good` or `anomaly`. The `train`
+    rows labelled `normal` are the few-shot pool ("train", `_visa_train`).
     Without a csv, an MVTec-like conversion of VisA (`<object>/test/good`, `test/bad`,
     `ground_truth/bad`) is accepted.
     """
-    csv_path = next((p for p in (root / "split_csv" / "1cls.csv", root / "1cls.csv") if p.is_file()), None)
-    if csv_path is None:
+    split = _visa_split(root)
+    if split is None:
         if any((d / "test").is_dir() for d in _subdirs(root)):
             return _mvtec_like(root, class_name, "good", ("_mask", ""))
         raise DatasetLayoutError(
             f"{root}: split_csv/1cls.csv not found; expected VisA's split file "
             "(columns object,split,label,image,mask) or an MVTec-like <object>/test/ layout"
         )
-    with csv_path.open(newline="") as f:
-        reader = csv.DictReader(f)
-        cols = [c.strip().lower() for c in (reader.fieldnames or [])]
-        need = ["object", "split", "label", "image", "mask"]
-        if not set(need) <= set(cols):
-            raise DatasetLayoutError(f"{csv_path}: columns {cols}; expected {','.join(need)}")
-        rows = [{k.strip().lower(): (v or "").strip() for k, v in r.items() if k} for r in reader]
+    csv_path, rows = split
     out: dict[str, Entries] = {}
     for i, r in enumerate(rows, start=2):
         if r["split"].lower() != "test":
@@ -621,14 +652,15 @@ def _validate(root: Path, test: dict[str, Entries]) -> None:
 def _normal_references(root: Path, test: dict[str, Entries]) -> dict[str, Entries]:
     """Each class's normal images outside its test split, the pool of few-shot reference images
     (`python -m training.evaluate --shots K`): `<class>/train/good/` in the MVTec layout (the folder holding
-    a class's `test/`), or a `reference/` folder beside an own folder's `good/`. Classes without one are
-    left out."""
+    a class's `test/`; BTAD's `train/ok/`), or a `reference/` folder beside an own folder's `good/`. Classes
+    without one are left out. VisA's pool comes from its split file (`_visa_train`)."""
     out: dict[str, Entries] = {}
     for cls, entries in test.items():
         parts = Path(entries[0]["img_path"]).parts
         candidates = [root / "reference"]
         if "test" in parts:
-            candidates.insert(0, root.joinpath(*parts[: parts.index("test")], "train", "good"))
+            train = root.joinpath(*parts[: parts.index("test")], "train")
+            candidates[:0] = [train / "good", train / "ok"]
         folder = next((c for c in candidates if c.is_dir()), None)
         if folder is not None:
             normals = [_entry(root, p, cls, "good", False) for p in _images(folder)]
@@ -643,7 +675,8 @@ def prepare(
     """Build the meta dict for `dataset` (a key of `LOADERS`) under `root` and write it.
 
     Written to `out` (default `<root>/meta.json`); returns `{"train": {cls: [...]}, "test": {cls: [...]}}`,
-    "train" listing each class's normal training images where the dataset has them (`_normal_references`).
+    "train" listing each class's normal training images where the dataset has them (`_normal_references`,
+    `_visa_train`).
     `class_name` renames the class of a single-class dataset (an error for multi-class ones).
     Raises `DatasetLayoutError` (a `ValueError`) on a missing or malformed layout.
     """
@@ -655,7 +688,8 @@ def prepare(
         raise DatasetLayoutError(f"{root}: dataset root not found (expected a folder)")
     test = LOADERS[key](root, class_name or None)
     _validate(root, test)
-    meta = {"train": _normal_references(root, test), "test": test}
+    train = _visa_train(root, test) if key == "visa" else _normal_references(root, test)
+    meta = {"train": train, "test": test}
     out_path = Path(out) if out is not None else root / "meta.json"
     out_path.parent.mkdir(parents=True, exist_ok=True)
     out_path.write_text(json.dumps(meta, indent=4) + "\n")

@@ -6,17 +6,21 @@
 1. Downloads and prepares every dataset the recipes name that `--data` lacks (`training.download`); a
    dataset behind a login is skipped for evaluation with the message saying where to get it (a training
    dataset cannot be skipped).
-2. Trains each recipe (default: the field's two, MVTec AD -> the others and VisA -> MVTec AD) into
-   `OUTPUT/<recipe>/`, with one feature cache (`OUTPUT/features/`) shared by every stage, so the frozen
-   backbone sees each image once.
-3. Evaluates each checkpoint on its recipe's datasets zero-shot and with 1, 2 and 4 reference shots
+2. Evaluates the training-free methods (`TRAINING_FREE_METHODS`: MuSc, WinCLIP, plain CLIP;
+   `training.evaluate --method`) on every evaluation dataset, into
+   `OUTPUT/training-free/<method>/eval/<dataset>/<k>-shot/`; MuSc first, so the one feature cache
+   (`OUTPUT/features/`) holds each image's features with the raw block outputs MuSc needs.
+3. Trains each recipe (default: the field's two, MVTec AD -> the others and VisA -> MVTec AD) into
+   `OUTPUT/<recipe>/`, from the same feature cache, shared by every stage, so the frozen backbone sees
+   each image once.
+4. Evaluates each checkpoint on its recipe's datasets zero-shot and with 1, 2 and 4 reference shots
    (`training.evaluate --shots`), into `OUTPUT/<recipe>/eval/<dataset>/<k>-shot/`.
-4. Writes each checkpoint's model card (`training.model_card`) and `OUTPUT/results.md` (+ `results.json`):
+5. Writes each checkpoint's model card (`training.model_card`) and `OUTPUT/results.md` (+ `results.json`):
    the measured means beside the published numbers of `training/published.json`, each with its source.
-5. With `--push-to-hub`, publishes the first recipe's checkpoint (MVTec AD-trained by default).
+6. With `--push-to-hub`, publishes the first recipe's checkpoint (MVTec AD-trained by default).
 
 Resumable: `OUTPUT/stages.json` records each finished stage with the hash of what it depends on (the
-effective recipe, the dataset's meta.json, the shots). A killed run continues where it stopped (training
+effective recipe, the dataset's meta.json, the shots; for a training-free method, its backbone). A killed run continues where it stopped (training
 with `--resume` from its last state); a changed recipe is trained and evaluated again.
 """
 
@@ -38,6 +42,8 @@ from training import evaluate, train
 from training.download import ManualDownloadError, download, read_checksums
 from training.evaluate import METRICS
 from training.model_card import LABELS, load_evaluation, protocol, write_card
+from training.report import to_json
+from wmoe import musc
 from wmoe.checkpoint import CONFIG_NAME, includes_backbone
 from wmoe.config import WMoEConfig
 from wmoe.errors import EXIT_ERROR, EXIT_OK, WMoEError
@@ -48,9 +54,12 @@ SHOT_SEED = 0
 PUBLISHED = Path(__file__).with_name("published.json")
 STAGES = "stages.json"
 FEATURES = "features"
-# Training-free methods to evaluate on the same data once `training.evaluate` accepts `--method NAME`
-# (being added there). Until then they are not run; the run says so and the table has no rows for them.
-TRAINING_FREE_METHODS = ("musc", "winclip", "clip")
+TRAINING_FREE = "training-free"  # OUTPUT/training-free/<method>/eval/<dataset>/<k>-shot/
+# Training-free methods (`training.evaluate --method NAME`) and their protocols: MuSc takes no references
+# (zero-shot only); WinCLIP's shots are WinCLIP+, plain CLIP's are its reference map alone.
+TRAINING_FREE_METHODS = {"musc": (0,), "winclip": SHOTS, "clip": SHOTS}
+# MuSc's RsCIN k list per dataset where the authors' code sets one (wmoe.musc.KS is its MVTec AD list)
+MUSC_KS = {"visa": (1, 8, 9)}
 
 
 class ReproduceError(WMoEError, RuntimeError):
@@ -203,15 +212,76 @@ def evaluate_stage(
     return written
 
 
+def training_free_stage(
+    method: str,
+    backbone: str | None,
+    datasets: list[str],
+    settings: dict,
+    out: Path,
+    data: Path,
+    stages: Stages,
+    progress: bool,
+) -> list[Path]:
+    """Evaluate one training-free method on the evaluation datasets with each of its protocols (the same
+    resume rules as a checkpoint's evaluations); returns the metrics.json files. `settings`: the first
+    recipe's device, precision and eval options. MuSc and CLIP share the run's feature cache."""
+    run, written = out / TRAINING_FREE / method, []
+    for name in datasets:
+        meta = data / name / "meta.json"
+        for k in TRAINING_FREE_METHODS[method]:
+            if k and not shot_pool_ok(meta, k):
+                print(
+                    f"{method}: {name} lists fewer than {k} normal training images per class: no {k}-shot run"
+                )
+                continue
+            ks = MUSC_KS.get(name, musc.KS) if method == "musc" else ()
+            key, dest = f"free:{method}/{name}/{k}", run / "eval" / name / f"{k}-shot"
+            h = digest(
+                method, str(backbone), meta.read_bytes(), str(k), str(SHOT_SEED), str(ks), str(settings)
+            )
+            if not (stages.done(key, h) and (dest / "metrics.json").is_file()):
+                argv = [
+                    "--method", method, "--data", str(data / name), "--out", str(dest),
+                    "--shots", str(k), "--shot-seed", str(SHOT_SEED),
+                    "--device", str(settings["device"]), "--precision", str(settings["precision"]),
+                    "--batch-size", str(settings["batch_size"]), "--map-size", str(settings["map_size"]),
+                ]  # fmt: skip
+                argv += ["--backbone", backbone] if backbone else []
+                argv += ["--musc-ks", *map(str, ks)] if ks else []
+                argv += [] if method == "winclip" else ["--feature-cache", str(out / FEATURES)]
+                if evaluate.main(argv + ([] if progress else ["--no-progress"])) != EXIT_OK:
+                    raise ReproduceError(
+                        f"evaluating {method} on {name} ({protocol(k)}) failed (see above); run again to resume"
+                    )
+                stages.mark(key, h, "done")
+            written.append(dest / "metrics.json")
+    return written
+
+
+def eval_settings(recipe: dict) -> dict:
+    """The device, precision and evaluation options of a recipe (what the training-free methods run with)."""
+    ev = recipe.get("eval") or {}
+    return {
+        "device": recipe.get("device", "auto"),
+        "precision": recipe.get("precision", "auto"),
+        "batch_size": ev.get("batch_size", 32),
+        "map_size": ev.get("map_size", 0),
+    }
+
+
 def _cell(v) -> str:
     return f"{v:.1f}" if isinstance(v, (int, float)) and math.isfinite(v) else ""
 
 
 def results_table(
-    measured: dict[str, list[Path]], recipes: dict[str, dict], output: Path
+    measured: dict[str, list[Path]],
+    recipes: dict[str, dict],
+    output: Path,
+    free: dict[str, list[Path]] | None = None,
 ) -> tuple[str, dict]:
-    """Markdown: this run's means per (recipe, dataset, protocol) and, below each dataset, the published
-    numbers of training/published.json with their sources. Also the same as a dict for results.json."""
+    """Markdown: this run's means per (recipe or training-free method, dataset, protocol) and, below each
+    dataset, the published numbers of training/published.json with their sources. Also the same as a dict
+    for results.json."""
     published = json.loads(PUBLISHED.read_text())["methods"]
     head = "| method | trained on | dataset | protocol | " + " | ".join(LABELS[k] for k in METRICS) + " |"
     lines = [head, "|---|---|---|---|" + "---|" * len(METRICS)]
@@ -225,6 +295,14 @@ def results_table(
             values = {k: 100 * e["mean"][k] if e["mean"].get(k) is not None else None for k in METRICS}
             rows.append({"method": label, "train": train_dataset(recipes[name]),
                          "dataset": e["dataset"], "protocol": protocol(e["shots"]), **values})  # fmt: skip
+    for files in (free or {}).values():
+        for path in files:
+            e, record = load_evaluation(path), json.loads(path.read_text())
+            random_weights = "; random-weight backbone" if record.get("pretrained") is None else ""
+            label = f"{record['method']} (this run, {record['backbone']}{random_weights})"
+            values = {k: 100 * e["mean"][k] if e["mean"].get(k) is not None else None for k in METRICS}
+            rows.append({"method": label, "train": "(training-free)", "dataset": e["dataset"],
+                         "protocol": protocol(e["shots"]), **values})  # fmt: skip
     datasets = list(dict.fromkeys(r["dataset"] for r in rows))
     for i, m in enumerate(published, start=1):
         sources.append(f"[{i}] {m['method']}: {m['source']}")
@@ -243,7 +321,7 @@ def results_table(
         + "\n".join(lines)
         + "\n\nSources:\n\n"
         + "\n".join(f"- {s}" for s in sources)
-        + f"\n\nTraining-free methods ({', '.join(TRAINING_FREE_METHODS)}) are not evaluated by this run yet.\n"
+        + "\n"
     )
     return text, {"rows": rows, "sources": sources}
 
@@ -257,27 +335,34 @@ def reproduce(
     checksums: dict[str, str] | None = None,
     push_to_hub: str | None = None,
     progress: bool = True,
+    methods: Sequence[str] = tuple(TRAINING_FREE_METHODS),
+    backbone: str | None = None,
 ) -> int:
-    """Every stage in order (see the module docstring); returns the exit status."""
+    """Every stage in order (see the module docstring); returns the exit status. methods: the training-free
+    methods to evaluate; backbone: theirs (`training.evaluate --backbone`; default each method's own)."""
     output.mkdir(parents=True, exist_ok=True)
     raws = {Path(r).stem: read_recipe(r) for r in recipes}
     wanted = set(datasets) if datasets else None
     ready = ensure_data(raws, data, wanted, mirror, checksums, progress)
     stages = Stages(output / STAGES)
+    available = ready if wanted is None else ready & wanted
+    recipes_in = {name: effective_recipe(raw, data, available) for name, raw in raws.items()}
+    evaluated = dict.fromkeys(d["name"] for r in recipes_in.values() for d in r["eval"]["datasets"])
+    settings = eval_settings(next(iter(recipes_in.values())))
+    # the training-free methods first: MuSc's cache entries (with the raw block outputs) then serve the
+    # checkpoints' training and evaluation, so the backbone sees each image once
+    free = {
+        m: training_free_stage(m, backbone, list(evaluated), settings, output, data, stages, progress)
+        for m in sorted(methods, key=lambda m: m != "musc")
+    }
     measured = {}
-    for name, raw in raws.items():
-        available = ready if wanted is None else ready & wanted
-        recipe = effective_recipe(raw, data, available)
+    for name, recipe in recipes_in.items():
         h = train_stage(name, recipe, output, stages, progress)
         measured[name] = evaluate_stage(name, recipe, h, output, data, stages, progress)
         write_card(output / name, measured[name], push_to_hub if name == next(iter(raws)) else None)
-    print(
-        f"note: training-free methods ({', '.join(TRAINING_FREE_METHODS)}) are not evaluated: "
-        "training.evaluate has no --method option yet"
-    )
-    text, table = results_table(measured, raws, output)
+    text, table = results_table(measured, raws, output, free)
     (output / "results.md").write_text(text)
-    (output / "results.json").write_text(evaluate.to_json(table))
+    (output / "results.json").write_text(to_json(table))
     print(f"wrote {output / 'results.md'}")
     if push_to_hub:
         return train.publish(output / next(iter(raws)), push_to_hub)
@@ -303,13 +388,27 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument(
         "--recipes", nargs="+", default=list(RECIPES), metavar="YAML", help="default: the field's two"
     )
+    ap.add_argument(
+        "--training-free",
+        nargs="*",
+        choices=list(TRAINING_FREE_METHODS),
+        default=list(TRAINING_FREE_METHODS),
+        metavar="METHOD",
+        help="training-free methods evaluated on the same data (default: musc winclip clip; none: no methods)",
+    )
+    ap.add_argument(
+        "--backbone",
+        default=None,
+        metavar="NAME",
+        help="the training-free methods' backbone (default: each method's own; wmoe-tiny: the tests' tiny one)",
+    )
     ap.add_argument("--no-progress", action="store_true")
     args = ap.parse_args(argv)
     try:
         checksums = read_checksums(args.checksums) if args.checksums else {}
         return reproduce(
             Path(args.output), args.recipes, Path(args.data), args.datasets, args.mirror, checksums,
-            args.push_to_hub, not args.no_progress,
+            args.push_to_hub, not args.no_progress, args.training_free, args.backbone,
         )  # fmt: skip
     except WMoEError as e:
         print(f"error: {e}", file=sys.stderr)
