@@ -1,10 +1,6 @@
 """WMoE-CLIP web demo (Gradio): Analyze, Compare and Batch views over models loaded once at start.
 
-The Space entry only: it parses the arguments, loads the models once (`demo.models`), composes the page
-from one module per tab (`demo.analyze`, `demo.compare`, `demo.batch`) and serves it. Every number comes
-from `wmoe.Detector`. `python app.py --help`. The repository deploys as a Hugging Face Space unchanged
-(README front matter: app_file app.py).
-"""
+The Space entry only: arguments, models loaded once (`demo.models`), one module per tab (`demo/`), launch."""
 
 from __future__ import annotations
 
@@ -24,15 +20,11 @@ from demo.guards import DEFAULT_MAX_FILE_SIZE
 from demo.mcp_server import launch_repaired
 from demo.models import Models, checkpoint_list, load_models, load_winclip, status_lines
 from demo.results import Scratch
-from demo.widgets import load_examples
+from demo.widgets import CSS, load_examples
 from wmoe import Detector
 from wmoe.precision import DTYPES
 
 log = logging.getLogger("wmoe.app")
-CSS = """
-#banner {background: #fff4e5; border: 1px solid #e8a33d; border-radius: 8px; padding: 6px 14px;}
-#banner p, #banner li {color: #5c3b00; margin: 2px 0;}
-"""
 
 
 class Page(NamedTuple):
@@ -112,41 +104,25 @@ def launch(
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument(
-        "--checkpoint",
-        action="append",
-        help="checkpoint folder or Hub repo id; repeat it for several (default: $WMOE_CHECKPOINT, "
-        "comma- or newline-separated; none: baseline only)",
-    )
-    p.add_argument(
-        "--host",
-        default=os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1"),
-        help="address to listen on (default: $GRADIO_SERVER_NAME or 127.0.0.1)",
-    )
-    p.add_argument(
-        "--port",
-        type=int,
-        default=int(os.environ.get("GRADIO_SERVER_PORT", "7860")),
-        help="port (default: $GRADIO_SERVER_PORT or 7860)",
-    )
+    env = os.environ.get
+    # fmt: off
+    p.add_argument("--checkpoint", action="append", help="checkpoint folder or Hub repo id; repeat it for "
+                   "several (default: $WMOE_CHECKPOINT, comma- or newline-separated; none: baseline only)")
+    p.add_argument("--host", default=env("GRADIO_SERVER_NAME", "127.0.0.1"),
+                   help="address to listen on (default: $GRADIO_SERVER_NAME or 127.0.0.1)")
+    p.add_argument("--port", type=int, default=int(env("GRADIO_SERVER_PORT", "7860")),
+                   help="port (default: $GRADIO_SERVER_PORT or 7860)")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1... (default: cuda when available)")
     p.add_argument("--dtype", default=None, choices=sorted(DTYPES))
-    p.add_argument(
-        "--baseline",
-        default="clip",
-        choices=["clip", "tiny"],
-        help="the training-free methods' backbones: clip = the real weights (ViT-L-14-336 OpenAI for "
-        "the baseline and MuSc, ViT-B-16-plus-240 LAION-400M for WinCLIP; on disk or reachable); "
-        "tiny = tiny random test backbones (meaningless)",
-    )
+    p.add_argument("--baseline", default="clip", choices=["clip", "tiny"],
+                   help="the training-free methods' backbones: clip = the real weights (ViT-L-14-336 OpenAI "
+                   "for the baseline and MuSc, ViT-B-16-plus-240 LAION-400M for WinCLIP; on disk or "
+                   "reachable); tiny = tiny random test backbones (meaningless)")
     p.add_argument("--concurrency", type=int, default=1, help="model runs at the same time (default 1)")
     p.add_argument("--max-file-size", default=DEFAULT_MAX_FILE_SIZE, help="max upload/URL size (%(default)s)")
-    p.add_argument(
-        "--mcp",
-        action="store_true",
-        default=os.environ.get("WMOE_MCP", "").lower() in ("1", "true", "yes"),
-        help="also serve the public endpoints as MCP tools at /gradio_api/mcp/ (default: $WMOE_MCP=1)",
-    )
+    p.add_argument("--mcp", action="store_true", default=env("WMOE_MCP", "").lower() in ("1", "true", "yes"),
+                   help="also serve the public endpoints as MCP tools at /gradio_api/mcp/ (default: $WMOE_MCP=1)")
+    # fmt: on
     args = p.parse_args(argv)
     args.checkpoint = args.checkpoint or checkpoint_list(os.environ.get("WMOE_CHECKPOINT"))
     if args.concurrency < 1:

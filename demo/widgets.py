@@ -12,6 +12,11 @@ from demo.guards import SCALE_VALUES, SCALES, checked, readable_upload_errors, u
 from wmoe.config import DEFAULT_CLASS
 from wmoe.references import MAX_REFERENCES
 
+CSS = """
+#banner {background: #fff4e5; border: 1px solid #e8a33d; border-radius: 8px; padding: 6px 14px;}
+#banner p, #banner li {color: #5c3b00; margin: 2px 0;}
+"""  # the page's one style rule: the banner
+
 log = logging.getLogger("wmoe.app")
 EXAMPLES_JSON = Path(__file__).resolve().parents[1] / "assets" / "examples" / "examples.json"
 
