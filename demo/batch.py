@@ -21,10 +21,10 @@ from demo.guards import (
     valid,
     without_name,
 )
-from demo.models import RANDOM_BACKBONE, Models, run_model, run_musc
+from demo.models import RANDOM_BACKBONE, Models, run_model, run_musc, run_one
 from demo.results import Scratch, decision, png, shrink, thumbnail, write_csv
 from demo.widgets import checkpoint_menu, class_box, threshold_slider
-from wmoe import ImageError
+from wmoe import ImageError, WinCLIP
 from wmoe.checkpoint import includes_backbone
 from wmoe.musc import min_images
 from wmoe.render import class_routing_chart, overlay, routing_strip
@@ -133,7 +133,8 @@ class BatchTab:
             class_name (str): what the objects are, in a few words (e.g. "screw").
             threshold (float): 0..1; images scoring at or above it are called anomalous.
             class_from_folder (bool): an image in a folder of a .zip takes the folder's name as its class name.
-            checkpoint (str): which loaded checkpoint runs, by name (folder name or Hub repo id); "" = the first.
+            checkpoint (str): which loaded checkpoint runs, by name (folder name or Hub repo id); "" = the first
+                (none loaded: WinCLIP, as in Analyze).
             musc (bool): score the batch against itself with MuSc on the main backbone (one pass per
                 class; maps normalised over the class's images), instead of the model.
 
@@ -149,7 +150,8 @@ class BatchTab:
         valid("the threshold", threshold)
         valid("the class name from the zip folder", class_from_folder, (False, True))
         valid("MuSc", musc, (False, True))
-        detector, about = self.models.primary(checkpoint, winclip=False)
+        # MuSc runs on the main backbone; otherwise the model Analyze runs (WinCLIP without a checkpoint)
+        detector, about = self.models.primary(checkpoint, winclip=not musc)
         if musc:
             about = musc_about(detector)
         if not paths:
@@ -177,10 +179,16 @@ class BatchTab:
         else:
             for start in range(0, len(items), BATCH_CHUNK):
                 loaded = read(items[start : start + BATCH_CHUNK], errors)
-                if loaded:
-                    preds = run_model(detector, [im for _, im in loaded], [class_of(n) for n, _ in loaded])
-                    for (name, im), p in zip(loaded, preds, strict=True):
-                        add(name, im, p)
+                if isinstance(detector, WinCLIP):  # one image at a time, on its own backbone
+                    preds = [run_one(detector, im, class_of(n)) for n, im in loaded]
+                else:
+                    preds = (
+                        run_model(detector, [im for _, im in loaded], [class_of(n) for n, _ in loaded])
+                        if loaded
+                        else []
+                    )
+                for (name, im), p in zip(loaded, preds, strict=True):
+                    add(name, im, p)
                 progress((min(start + BATCH_CHUNK, len(items)), len(items)), desc="Scoring", unit="images")
         rows.sort(key=lambda r: -r[1].score)
         gallery = [

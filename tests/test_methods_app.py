@@ -213,6 +213,20 @@ def test_batch_scores_each_folder_against_itself_with_musc(tiny_checkpoint, part
         tab.batch([write_two(parts_zip)], "part", 0.5, False, "", True, **NO_PROGRESS)
 
 
+def test_batch_without_a_checkpoint_runs_winclip_per_image(winclip, parts_zip, monkeypatch):
+    detectors, baseline, notices = app.load_models(None, baseline="tiny")
+    passes = encode_passes(winclip, monkeypatch)
+    tab = app.build_page(detectors, baseline, notices, winclip=winclip).batch
+    out = tab.batch([str(parts_zip)], "part", 0.5, True, "", False, **NO_PROGRESS)
+    rows = list(csv.DictReader(io.StringIO(Path(out[tab.csv]).read_text())))
+    assert len(rows) == 8 and all(r["model"].startswith("WinCLIP") for r in rows)
+    assert len(passes) == 8 and "Method: **WinCLIP**" in out[tab.summary]  # one pass per image
+    with zipfile.ZipFile(parts_zip) as z:
+        image = Image.open(io.BytesIO(z.read("screw/0.png"))).convert("RGB")
+    score = float(next(r for r in rows if r["file"] == "screw/0.png")["score"])
+    assert score == pytest.approx(winclip.predict(image, "screw").score, abs=1e-5)
+
+
 def write_two(parts_zip: Path) -> str:
     """A zip of two images, at the top level (so they take the given class name)."""
     out = parts_zip.with_name("two.zip")
