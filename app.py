@@ -1,5 +1,4 @@
 """WMoE-CLIP web demo (Gradio): Analyze, Compare and Batch views over models loaded once at start.
-
 The Space entry only: arguments, models loaded once (`demo.models`), one module per tab (`demo/`), launch."""
 
 from __future__ import annotations
