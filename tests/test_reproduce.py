@@ -179,16 +179,30 @@ def test_end_to_end_download_train_evaluate_card_push(world):
 def test_a_killed_run_resumes_and_a_changed_recipe_is_redone(world):
     state, out = world["state"], world["out"]
     calls = state["calls"]
+    # the training-free methods run first (MuSc's cache entries then serve the checkpoints)
+    state["kill"] = lambda call: call == ("eval", "winclip", "mvtec", "1-shot")
+    with pytest.raises(Killed):
+        reproduce.main(world["argv"])
+    killed = FREE.index(("eval", "winclip", "mvtec", "1-shot"))
+    assert calls == FREE[: killed + 1]
+
+    calls.clear()
     state["kill"] = lambda call: call[:2] == ("train", "visa_to_mvtec")  # killed as the 2nd training starts
     with pytest.raises(Killed):
         reproduce.main(world["argv"])
+    # the killed training-free evaluation and the ones after it, then the first recipe, then the second
+    assert calls[: len(FREE) - killed] == FREE[killed:] and calls[len(FREE) - killed][:2] == (
+        "train",
+        "mvtec_to_others",
+    )
+    assert calls[-1][:2] == ("train", "visa_to_mvtec")
     first = (out / "mvtec_to_others/model.safetensors").stat().st_mtime_ns
 
     calls.clear()
     state["kill"] = lambda call: call == ("eval", "visa_to_mvtec", "mvtec", "1-shot")
     with pytest.raises(Killed):
         reproduce.main(world["argv"])
-    # the finished recipe is neither trained nor evaluated again; the killed training resumes
+    # the finished stages are not run again; the killed training resumes
     assert calls == [
         ("train", "visa_to_mvtec", True),
         ("eval", "visa_to_mvtec", "mvtec", "0-shot"),
@@ -196,16 +210,9 @@ def test_a_killed_run_resumes_and_a_changed_recipe_is_redone(world):
     ]
 
     calls.clear()
-    state["kill"] = lambda call: call == ("eval", "winclip", "mvtec", "1-shot")
-    with pytest.raises(Killed):
-        reproduce.main(world["argv"])
-    killed = FREE.index(("eval", "winclip", "mvtec", "1-shot"))
-    assert calls == [("eval", "visa_to_mvtec", "mvtec", f"{k}-shot") for k in (1, 2, 4)] + FREE[: killed + 1]
-
-    calls.clear()
     state["kill"] = None
     assert reproduce.main(world["argv"]) == 0
-    assert calls == FREE[killed:]  # the killed training-free evaluation and the ones after it
+    assert calls == [("eval", "visa_to_mvtec", "mvtec", f"{k}-shot") for k in (1, 2, 4)]
     calls.clear()
     assert reproduce.main(world["argv"]) == 0
     assert calls == []  # every stage done: nothing runs again
