@@ -104,6 +104,33 @@ def build_model(backbone: str, image_size: int):
     return WMoECLIP(build_config(backbone, image_size))
 
 
+def winclip_options(p: argparse.ArgumentParser) -> None:
+    """--winclip-backbone and --winclip-size: WinCLIP's own backbone, random weights."""
+    from wmoe.winclip import BACKBONE, IMAGE_SIZE
+
+    p.add_argument(
+        "--winclip-backbone",
+        default="wmoe-tiny" if QUICK else BACKBONE,
+        help=f"WinCLIP's open_clip model, random weights (default {BACKBONE})",
+    )
+    p.add_argument(
+        "--winclip-size",
+        type=int,
+        default=104 if QUICK else IMAGE_SIZE,
+        help=f"WinCLIP's input side in pixels (default {IMAGE_SIZE})",
+    )
+
+
+def build_winclip(args, device: torch.device):
+    """WinCLIP on the backbone `winclip_options` named, random weights."""
+    from wmoe.winclip import WinCLIP
+
+    config = WinCLIP.config_for().replace(
+        backbone=args.winclip_backbone, pretrained=None, image_size=args.winclip_size, layers=(1,)
+    )
+    return WinCLIP(config, device=device)
+
+
 def write_checkpoint(backbone: str, image_size: int, folder: Path) -> tuple[Path, Path]:
     """Random weights on disk, laid out like real ones: (backbone weights file, checkpoint folder).
 

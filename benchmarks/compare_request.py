@@ -25,7 +25,6 @@ import tempfile
 from pathlib import Path
 
 from benchmarks import common
-from wmoe.winclip import BACKBONE, IMAGE_SIZE, WinCLIP
 
 TARGET = 1.5  # compare <= TARGET x analyze + WinCLIP's own pass
 
@@ -42,17 +41,7 @@ def compare_request(client, path: Path, reference: Path):
 def main(argv=None):
     p = common.parser(__doc__.splitlines()[0], reps=2)
     p.add_argument("--dtype", default="fp32", choices=common.DTYPE_NAMES, help="autocast dtype")
-    p.add_argument(
-        "--winclip-backbone",
-        default="wmoe-tiny" if common.QUICK else BACKBONE,
-        help=f"WinCLIP's open_clip model, random weights (default {BACKBONE})",
-    )
-    p.add_argument(
-        "--winclip-size",
-        type=int,
-        default=104 if common.QUICK else IMAGE_SIZE,
-        help=f"WinCLIP's input side in pixels (default {IMAGE_SIZE})",
-    )
+    common.winclip_options(p)
     args = p.parse_args(argv)
     device = common.setup(args)
     load_start = os.getloadavg()[0]
@@ -61,12 +50,7 @@ def main(argv=None):
 
     import app
 
-    winclip = WinCLIP(
-        WinCLIP.config_for().replace(
-            backbone=args.winclip_backbone, pretrained=None, image_size=args.winclip_size, layers=(1,)
-        ),
-        device=device,
-    )
+    winclip = common.build_winclip(args, device)
     with tempfile.TemporaryDirectory() as tmp:
         weights, checkpoint = common.write_checkpoint(args.backbone, args.image_size, Path(tmp))
         os.environ["WMOE_BACKBONE_WEIGHTS"] = str(weights)

@@ -22,34 +22,18 @@ import torch
 
 from benchmarks import common
 from wmoe.preprocess import to_tensor
-from wmoe.winclip import BACKBONE, IMAGE_SIZE, WinCLIP
 
 TARGET = 1.0
 
 
 def main(argv=None):
     p = common.parser(__doc__.splitlines()[0], reps=3)
-    p.add_argument(
-        "--winclip-backbone",
-        default="wmoe-tiny" if common.QUICK else BACKBONE,
-        help=f"WinCLIP's open_clip model, random weights (default {BACKBONE})",
-    )
-    p.add_argument(
-        "--winclip-size",
-        type=int,
-        default=104 if common.QUICK else IMAGE_SIZE,
-        help=f"WinCLIP's input side in pixels (default {IMAGE_SIZE})",
-    )
+    common.winclip_options(p)
     args = p.parse_args(argv)
     device = common.setup(args)
     load_start = os.getloadavg()[0]
 
-    winclip = WinCLIP(
-        WinCLIP.config_for().replace(
-            backbone=args.winclip_backbone, pretrained=None, image_size=args.winclip_size, layers=(1,)
-        ),
-        device=device,
-    )
+    winclip = common.build_winclip(args, device)
     backbone = common.build_model(args.backbone, args.image_size).backbone.to(device)
     picture = common.picture(args.input_px)
     x = to_tensor(picture, args.image_size, backbone.mean, backbone.std)[None].to(device)
