@@ -9,8 +9,8 @@ What runs, per image (sections of the paper):
 1. Sec. 4.1, compositional prompt ensemble: every normal / anomalous state word with every template is
    one prompt; each prompt's unit embedding is averaged per state, giving one normal and one anomalous
    text embedding per class name (cached per name).
-2. Sec. 4.1, Eq. (1): a visual embedding's anomaly score is the anomalous class's softmax probability of
-   its cosine similarities to the two text embeddings divided by the temperature 0.07.
+2. Sec. 4.1, the zero-shot anomaly score: the anomalous class's softmax probability of a visual
+   embedding's cosine similarities to the two text embeddings divided by the temperature 0.07.
 3. Sec. 4.2, window embeddings: for each window of k x k patches (k = 2 and 3 on ViT-B-16-plus-240's
    15 x 15 grid; scaled with the grid otherwise, `window_scales`), stride 1, the class token and the
    window's tokens (position embeddings included) go through the transformer on their own; the pooled,
@@ -19,7 +19,7 @@ What runs, per image (sections of the paper):
    scores of the windows covering it; the scales (both window scales and the whole image) are combined
    by a harmonic mean too, as the reference implementation (anomalib) does.
 5. Sec. 4.3, WinCLIP+ (with normal reference images): per scale, each window's (and each patch token's)
-   visual association score, Eq. (4), is its smallest cosine distance (1 - cos) / 2 to the references'
+   visual association score is its smallest cosine distance (1 - cos) / 2 to the references'
    windows (patch tokens) of that scale; window scores are aggregated to patches harmonically, the
    three maps averaged; the final map is the mean of this map and the zero-shot map, the image score the
    mean of the zero-shot score and this map's maximum on the patch grid (as the reference implementation).
@@ -60,7 +60,7 @@ PRETRAINED = "laion400m_e31"
 IMAGE_SIZE = 240
 PAPER_GRID = 15  # patches per side of the paper's backbone at 240 px; its window scales are (2, 3)
 PAPER_SCALES = (2, 3)
-TEMPERATURE = 0.07  # Eq. (1): CLIP's temperature, as the paper and the reference implementation use
+TEMPERATURE = 0.07  # Sec. 4.1: CLIP's temperature, as the paper and the reference implementation use
 WINDOW_CHUNK = 256  # windows through the transformer at once (bounds memory)
 MAX_CACHED_REFERENCE_SETS = 4
 
@@ -145,15 +145,15 @@ def harmonic_mean(maps: Sequence[torch.Tensor]) -> torch.Tensor:
 
 
 def anomaly_probability(embeddings: torch.Tensor, text: torch.Tensor, temperature: float = TEMPERATURE):
-    """Sec. 4.1, Eq. (1): (..., D) visual embeddings, (2, D) text [normal, anomalous] -> (...) the
-    anomalous class's probability of the softmax over cosine similarity / temperature."""
+    """Sec. 4.1, the zero-shot anomaly score: (..., D) visual embeddings, (2, D) text [normal, anomalous]
+    -> (...) the anomalous class's probability of the softmax over cosine similarity / temperature."""
     cos = F.normalize(embeddings.float(), dim=-1) @ F.normalize(text.float(), dim=-1).T
     return (cos / temperature).softmax(-1)[..., 1]
 
 
 def association_score(embeddings: torch.Tensor, memory: torch.Tensor) -> torch.Tensor:
-    """Sec. 4.3, Eq. (4): (B, M, D) embeddings, (R, D) reference memory -> (B, M) smallest cosine
-    distance (1 - cos) / 2 to any reference embedding, in [0, 1]."""
+    """Sec. 4.3, the visual association score: (B, M, D) embeddings, (R, D) reference memory -> (B, M)
+    smallest cosine distance (1 - cos) / 2 to any reference embedding, in [0, 1]."""
     unit = F.normalize(embeddings.float(), dim=-1)
     bank = F.normalize(memory.float(), dim=-1)
     best = torch.cat([(part @ bank.T).amax(-1) for part in unit.split(WINDOW_CHUNK, dim=1)], 1)
