@@ -117,7 +117,8 @@ def test_references_with_a_never_trained_model_are_shown_alone(tiny_checkpoint, 
         assert result["references"] == 2 and result["score"] == pytest.approx(result["reference_score"])
         assert "the reference part alone" in out[tab.score]
         assert "mean of the two parts" not in out[tab.score]
-        assert result["method"] == ("WMoE-CLIP" if detectors else "CLIP")
+        assert result["method"] == ("WMoE-CLIP" if detectors else "CLIP") + " references alone"
+        assert f"Method: **{result['method']}**" in out[tab.score]
 
 
 def test_compare_shows_every_method_for_one_pass_per_backbone(
@@ -156,7 +157,8 @@ def test_compare_shows_every_method_for_one_pass_per_backbone(
     assert "stretched jointly over the 9 maps" in out[tab.table]  # one colour scale for every method
     assert "references, references alone: the reference map and score alone" in out[tab.table]
     rows = [r.split(" | ") for r in out[tab.table].splitlines() if r.startswith("| ") and "---" not in r]
-    assert {r[0].strip("| "): r[1] for r in rows[1:]}["WinCLIP+"] == "WinCLIP+"
+    methods = {r[0].strip("| "): r[1] for r in rows[1:]}
+    assert methods["WinCLIP+"] == "WinCLIP+" and methods["references alone"] == "CLIP references alone"
     runs.clear(), passes.clear()
     out = tab.compare(str(part), "brick wall", 0.5, 0.5, "fixed", "")
     assert [c for c in runs if c != "heads"] == [("backbone", 1)] and passes == [("winclip", 1)]

@@ -110,6 +110,7 @@ def test_an_untrained_checkpoint_gives_the_references_alone(tiny_checkpoint, det
     alone, combined = (d.predict(image, "tile", references=normal) for d in (untrained, detector))
     np.testing.assert_array_equal(alone.anomaly_map, alone.reference_map)
     assert alone.score == alone.reference_score
+    assert (alone.method, combined.method) == ("WMoE-CLIP references alone", "WMoE-CLIP")  # names what ran
     np.testing.assert_allclose(alone.reference_map, combined.reference_map, atol=1e-6)
     np.testing.assert_allclose(alone.zero_shot_map, combined.zero_shot_map, atol=1e-6)
     assert not np.allclose(alone.anomaly_map, combined.anomaly_map, atol=1e-3)

@@ -61,6 +61,7 @@ from wmoe.precision import autocast, dtype_name
 from wmoe.preprocess import load_image, to_tensor
 from wmoe.references import MAX_REFERENCES, bank, reference_map
 from wmoe.references import combine as with_references
+from wmoe.references import method_name as with_references_name
 from wmoe.routing import summarize_routing
 
 PIXEL = METRICS[3:]
@@ -561,7 +562,7 @@ def run(args: argparse.Namespace) -> dict | None:
         feature_cache = cache.report(world) if cache is not None else None  # every process
         if not world.main:
             return None
-        name = method_name(args.method, args.shots)
+        name = method_name(args.method, args.shots, record["trained"])
         result = {
             **result,
             "method": name,
@@ -592,14 +593,12 @@ def run(args: argparse.Namespace) -> dict | None:
             close_world(world)
 
 
-def method_name(method: str, shots: int = 0) -> str:
-    """The name a result carries: WinCLIP with references is WinCLIP+; plain CLIP with references is its
-    reference map alone (`wmoe.references.combine` for an untrained model)."""
+def method_name(method: str, shots: int, trained: bool) -> str:
+    """The name a result carries: WinCLIP with references is WinCLIP+; a never-trained model with
+    references is its reference map alone (`wmoe.references.method_name`)."""
     if shots and method == "winclip":
         return "WinCLIP+"
-    if shots and method == "clip":
-        return "CLIP references alone"
-    return METHODS[method]
+    return with_references_name(METHODS[method], trained) if shots else METHODS[method]
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -22,7 +22,15 @@ from .model import WMoECLIP
 from .precision import autocast, dtype_name, resolve_dtype
 from .preprocess import ImageInput, load_image, to_tensor
 from .references import CACHE as REFERENCES
-from .references import ReferenceFeatures, bank, combine, content_key, load_references, reference_map
+from .references import (
+    ReferenceFeatures,
+    bank,
+    combine,
+    content_key,
+    load_references,
+    method_name,
+    reference_map,
+)
 
 DETAIL_SIDE = 1024  # the layer, expert and uncertainty maps come back at most this size (long side)
 
@@ -400,6 +408,7 @@ class Detector:
                 trained=self.trained,
             )
             pred.anomaly_map, pred.score = amap[0].numpy(), float(score[0])
+            pred.method = method_name(pred.method, self.trained)
             pred.reference_map, pred.reference_score, pred.references = (
                 rmap[0].numpy(),
                 float(rscore[0]),

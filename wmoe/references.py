@@ -129,6 +129,12 @@ def combine(
     return (zero_shot_map.float() + ref) / 2, (zero_shot_score.float() + ref_score) / 2, ref, ref_score
 
 
+def method_name(zero_shot: str, trained: bool) -> str:
+    """The name of a result made with reference images, after `combine`: the zero-shot method's own when
+    the two parts are averaged, "<method> references alone" when the never-trained part is left out."""
+    return zero_shot if trained else f"{zero_shot} references alone"
+
+
 class ReferenceCache:
     """Reference features by (backbone, layers, device, precision, content), least recently used first
     out; `max_sets` sets at most. Thread-safe; the backbone is held weakly (a dropped one is never matched)."""
