@@ -86,18 +86,8 @@ def load_models(
     try:
         fallback = Detector.training_free(like, device=device, dtype=dtype)
     except Exception as e:
-        return (
-            {},
-            None,
-            [
-                why_not,
-                f"The training-free CLIP baseline cannot run either: {why(e)}. Nothing "
-                "can run here, so Run is disabled; supply the weights (see README) and "
-                "restart.",
-            ],
-        )
-    instead = "The training-free methods (WinCLIP, MuSc, the training-free CLIP baseline) run instead."
-    return {}, fallback, [f"{why_not} {instead}"]
+        return {}, None, [why_not, f"The training-free CLIP baseline cannot run either: {why(e)}."]
+    return {}, fallback, [why_not]
 
 
 def load_winclip(baseline: str = "clip", device: str | None = None) -> tuple[WinCLIP | None, list[str]]:
@@ -139,6 +129,10 @@ def status_lines(
     lines = list(notices)
     if not detectors and (winclip or baseline):
         lines.append(f"Analyze runs {training_free_method(winclip, baseline)}.")
+        if baseline is None:
+            lines.append("MuSc (Batch) and the plain-CLIP baseline need the CLIP backbone's weights.")
+    elif not detectors:
+        lines.append("Nothing can run here, so Run is disabled; supply the weights (see README) and restart.")
     untrained = [name for name, d in detectors.items() if not d.trained]
     if untrained:
         which = "" if len(detectors) == 1 else f" ({', '.join(md(n) for n in untrained)})"

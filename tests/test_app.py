@@ -362,6 +362,7 @@ def test_python_app_py_starts_without_checkpoint_or_weights(tmp_path, image_file
                 time.sleep(0.5)
         banner = prop(config, "banner", "value")
         assert "No WMoE-CLIP checkpoint was given" in banner and "cannot run either" in banner
+        assert "Run is disabled" in banner  # WinCLIP's weights are missing too
         assert "HF\\_HUB\\_OFFLINE is set" in banner and str(tmp_path) not in banner
         assert prop(config, "run", "interactive") is False
         with pytest.raises(AppError, match="Nothing can run here"):

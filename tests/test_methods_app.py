@@ -77,6 +77,22 @@ def test_missing_winclip_weights_are_a_banner_line(monkeypatch, tmp_path, part):
     assert result["method"] == "CLIP" and result["model"]["name"].startswith("training-free CLIP baseline")
 
 
+def test_missing_clip_weights_with_winclip_loaded_still_run_winclip(monkeypatch, tmp_path, winclip, part):
+    """The banner says what runs (WinCLIP) and what cannot (MuSc, the baseline), never "nothing can run";
+    with WinCLIP missing too, it says Run is disabled."""
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    detectors, baseline, notices = app.load_models(None)  # the real CLIP weights: not in this cache
+    assert not detectors and baseline is None and "cannot run either" in notices[-1]
+    banner = " ".join(app.status_lines(detectors, baseline, notices, winclip))
+    assert "Analyze runs **WinCLIP**" in banner and "MuSc (Batch) and the plain-CLIP baseline need" in banner
+    assert "Nothing can run" not in banner and str(tmp_path) not in banner
+    page = app.build_page(detectors, baseline, notices, winclip=winclip)
+    assert json_download(analyze(page.analyze, part)[page.analyze.downloads])["method"] == "WinCLIP"
+    alone = " ".join(app.status_lines(detectors, baseline, notices))
+    assert "Nothing can run here, so Run is disabled" in alone and "Analyze runs" not in alone
+
+
 def test_analyze_without_a_checkpoint_runs_winclip_and_names_it(winclip, part, normal):
     detectors, baseline, notices = app.load_models(None, baseline="tiny")
     lines = app.status_lines(detectors, baseline, notices, winclip)

@@ -201,7 +201,7 @@ def test_a_pasted_foreign_patch_stands_out(detector, monkeypatch):
     base = picture(0)
     images = [base] * 3 + [with_patch(base)] + [base] * 2
     preds = musc.predict_batch(detector, images, "part")
-    assert calls == [6]  # one backbone pass for the batch
+    assert calls == [6]  # one backbone pass for the batch (within a chunk of 8)
     assert [p.method for p in preds] == ["MuSc"] * 6 and preds[3].class_name == "part"
     scores = [p.score for p in preds]
     assert int(np.argmax(scores)) == 3 and scores[3] > 5 * max(scores[:3] + scores[4:])
@@ -211,6 +211,21 @@ def test_a_pasted_foreign_patch_stands_out(detector, monkeypatch):
     # one scale for the whole batch: the foreign patch reaches 1, the plain copies stay near 0
     assert max(p.anomaly_map.max() for p in preds) == pytest.approx(1.0, abs=0.02)
     assert max(preds[0].anomaly_map.max(), preds[5].anomaly_map.max()) < 0.05
+
+
+def test_the_pass_runs_in_chunks_and_gives_the_results_of_one_pass(detector, monkeypatch):
+    """Each image through the backbone once, `chunk` at a time (memory: the activations of a chunk), with
+    the results of the whole batch in one call."""
+    images = [picture(s) for s in range(6)] + [with_patch(picture(0))]
+    calls = counted_passes(monkeypatch)
+    whole = musc.predict_batch(detector, images, chunk=len(images))
+    chunked = musc.predict_batch(detector, images, chunk=3)
+    assert calls == [7, 3, 3, 1]
+    for a, b in zip(whole, chunked, strict=True):
+        assert b.score == pytest.approx(a.score, abs=1e-5)
+        np.testing.assert_allclose(b.anomaly_map, a.anomaly_map, atol=1e-5)
+    with pytest.raises(musc.MuScError, match="chunk must be at least 1"):
+        musc.predict_batch(detector, images, chunk=0)
 
 
 def test_copies_of_one_image_score_about_zero_everywhere(detector):

@@ -6,6 +6,7 @@ import time
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from PIL import Image
 from safetensors.torch import save_file
 
@@ -97,6 +98,12 @@ def test_prompt_ensemble_shapes(winclip):
     text = winclip.text_embeddings("screw")
     assert text.shape == (2, winclip.backbone.embed_dim)
     assert torch.allclose(text.norm(dim=-1), torch.ones(2), atol=1e-5)
+    with torch.no_grad():  # the reference code's order: the raw embeddings averaged, then normalised
+        raw = [winclip.backbone.encode_text(prompts).float() for prompts in (normal, anomalous)]
+    expected = torch.stack([r.mean(0) / r.mean(0).norm() for r in raw])
+    assert torch.allclose(text, expected, atol=1e-5)
+    unit_first = torch.stack([F.normalize(F.normalize(r, dim=-1).mean(0), dim=0) for r in raw])
+    assert not torch.allclose(unit_first, expected, atol=1e-4)  # the order matters on this model
     assert not torch.allclose(text[0], text[1], atol=1e-3)
     assert not torch.allclose(text, winclip.text_embeddings("wood"), atol=1e-3)
 

@@ -250,7 +250,7 @@ class Backbone(nn.Module):
     ) -> tuple:
         """(global embedding (B, D), [patch tokens (B, N, D) per tapped layer]) in the joint space.
 
-        layers: 1-based blocks to tap, in this order; the configured ones by default.
+        layers: 1-based blocks to tap, in this order; the configured ones by default (none: with `raw` only).
         raw: 1-based blocks whose raw outputs are also wanted, from the same pass: then a third item,
         [(B, N, W) per block in this order], the block outputs before `ln_post` and the projection, class
         token dropped (what MuSc scores, `wmoe.musc`). Only these are kept, so the default costs nothing.
@@ -258,7 +258,7 @@ class Backbone(nn.Module):
         layers = self.layers if layers is None else tuple(int(k) for k in layers)
         raw = tuple(int(k) for k in raw)
         wanted = sorted(set(layers) | set(raw))
-        if not layers or min(wanted) < 1 or max(wanted) > self.depth:
+        if not wanted or min(wanted) < 1 or max(wanted) > self.depth:  # no taps is fine when raw is given
             raise ConfigError(f"layers {list(wanted)} are not blocks 1..{self.depth} of {self.name}")
         visual = self.clip.visual
         with no_mha_fastpath():

@@ -37,6 +37,7 @@ RADII = (1, 3, 5)  # aggregation degrees r of LNAMD (the paper's and the code's 
 KS = (1, 2, 3)  # RsCIN neighbourhood sizes: the code's list for MVTec AD (VisA: 1, 8, 9)
 INTERVAL = (0.0, 0.3)  # MSM: the fraction [lo, hi) of the sorted per-image distances that is averaged
 DISTANCE_BLOCK = 2**24  # patch distances computed at once (64 MB in fp32): bounds MSM's memory
+ENCODE_CHUNK = 8  # images per backbone call in `predict_batch`
 MIN_RANGE = 1e-2  # smallest batch score range that is stretched to 0..1 (see `normalise`)
 
 
@@ -264,13 +265,35 @@ def predictions(
 
 
 def predict_batch(
-    detector: Detector, images: Sequence[ImageInput], class_name: str = DEFAULT_CLASS, **options
+    detector: Detector,
+    images: Sequence[ImageInput],
+    class_name: str = DEFAULT_CLASS,
+    *,
+    chunk: int = ENCODE_CHUNK,
+    **options,
 ) -> list[Prediction]:
-    """MuSc on images of one kind of object, through one pass of the detector's backbone (which also taps
-    the detector's own layers, so its heads could score the same pass); `options` as in `predictions`.
-    Too few images fail before the backbone runs."""
+    """MuSc on images of one kind of object, each through the detector's backbone once, `chunk` images per
+    call (the pass's activations stay those of `chunk` images however large the batch); only what MuSc
+    scores is kept: the raw block outputs and the global embeddings. `options` as in `predictions`. Too
+    few images fail before the backbone runs."""
     require_images(len(images), options.get("lo", INTERVAL[0]), options.get("hi", INTERVAL[1]))
-    encoded = detector.encode(images, raw=musc_layers(detector.model.backbone.depth))
+    if chunk < 1:
+        raise MuScError(f"chunk must be at least 1 image, got {chunk}")
+    raw = musc_layers(detector.model.backbone.depth)
+    parts = [detector.encode(images[i : i + chunk], layers=(), raw=raw) for i in range(0, len(images), chunk)]
+    timings: dict[str, float] = {}
+    for part in parts:
+        for stage, seconds in part.timings.items():
+            timings[stage] = timings.get(stage, 0.0) + seconds
+    encoded = EncodedBatch(
+        BackboneFeatures.cat([part.features for part in parts]),
+        [size for part in parts for size in part.sizes],
+        parts[0].backbone,
+        parts[0].device,
+        parts[0].dtype,
+        timings,
+    )
+    del parts
     return predictions(encoded, class_name, **options)
 
 

@@ -7,8 +7,9 @@ WMOE_WINCLIP_WEIGHTS, else the Hugging Face cache by the open_clip tag, else a f
 
 What runs, per image (sections of the paper):
 1. Sec. 4.1, compositional prompt ensemble: every normal / anomalous state word with every template is
-   one prompt; each prompt's unit embedding is averaged per state, giving one normal and one anomalous
-   text embedding per class name (cached per name).
+   one prompt; the prompts' embeddings are averaged per state (as the text tower gives them: the paper
+   does not say, the reference implementation does not normalise them first), giving one normal and one
+   anomalous text embedding per class name (cached per name).
 2. Sec. 4.1, the zero-shot anomaly score: the anomalous class's softmax probability of a visual
    embedding's cosine similarities to the two text embeddings divided by the temperature 0.07.
 3. Sec. 4.2, window embeddings: for each window of k x k patches (k = 2 and 3 on ViT-B-16-plus-240's
@@ -197,16 +198,16 @@ class WinCLIP:
 
     @torch.inference_mode()
     def text_embeddings(self, class_name: str) -> torch.Tensor:
-        """(2, D) unit [normal, anomalous] embeddings of the prompt ensemble: each prompt's embedding
-        normalised, averaged per state, normalised again (Sec. 4.1). Cached per class name."""
+        """(2, D) unit [normal, anomalous] embeddings of the prompt ensemble (Sec. 4.1): the prompts'
+        embeddings averaged per state as the text tower gives them, as the reference implementation does
+        (not normalised one by one first, as CLIP's own ensembles are), then normalised. Cached per name."""
         with self._lock:
             hit = self._text.get(class_name)
         if hit is not None:
             return hit
         states = []
         for prompts in prompt_ensemble(class_name):
-            emb = F.normalize(self.backbone.encode_text(prompts).float(), dim=-1)
-            states.append(F.normalize(emb.mean(0), dim=-1))
+            states.append(F.normalize(self.backbone.encode_text(prompts).float().mean(0), dim=-1))
         text = torch.stack(states)
         with self._lock:
             self._text[class_name] = text
