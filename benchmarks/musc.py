@@ -6,9 +6,10 @@ Lines, each the median of --reps runs (default 1: the runs take minutes on a CPU
 batch-1 pass:
 - backbone_pass: one pass over one image (the pass MuSc shares: projected taps and raw outputs), seconds
   and peak memory above the loaded model;
-- musc_per_image, per batch size B: the batch's pass, then MuSc's scoring (`wmoe.musc.predictions`), seconds per
-  image of the scoring and of both, each over one pass per image (target on a CPU: scoring at most 1.2x
-  at 16 images), and the scoring's peak memory above what was held before it, per image;
+- musc_per_image, per batch size B: the batch's pass as MuSc runs it alone (`wmoe.musc.encode`: 8 images per
+  call, raw outputs only), then MuSc's scoring (`wmoe.musc.predictions`), seconds per image of the
+  scoring and of both, each over one pass per image (target on a CPU: scoring at most 1.2x at 16
+  images), and the scoring's peak memory above what was held before it, per image;
 - msm_one_call: one `mutual_scores` call on random unit tokens of --msm-images images (37 x 37 patches, 1024
   channels: ViT-L-14 at 518 px), in a fresh process (memory freed earlier would hide its peak), its
   seconds and peak memory above its input (the chunked distances keep it bounded; 0 skips it).
@@ -68,10 +69,10 @@ def _status(field: str) -> int:
     raise SystemExit(f"/proc/self/status has no {field}: peak memory needs Linux")
 
 
-def measure_batch(det: Detector, pictures: list, raw: tuple[int, ...], device: torch.device):
+def measure_batch(det: Detector, pictures: list, device: torch.device):
     """(seconds of the batch's backbone pass, seconds of MuSc's scoring, the scoring's Peak)."""
     held = {}
-    pass_s = common.timed(lambda: held.update(encoded=det.encode(pictures, raw=raw)), device)
+    pass_s = common.timed(lambda: held.update(encoded=musc.encode(det, pictures)), device)
     with Peak(device) as peak:
         score_s = common.timed(lambda: musc.predictions(held["encoded"]), device)
     return pass_s, score_s, peak
@@ -124,7 +125,7 @@ def main(argv=None):
             load_start,
         )
     for b in batches:
-        runs = [measure_batch(det, pictures[:b], raw, device) for _ in range(args.reps)]
+        runs = [measure_batch(det, pictures[:b], device) for _ in range(args.reps)]
         pass_s, score_s = (common.median([r[i] for r in runs]) for i in (0, 1))
         peak = max((r[2] for r in runs), key=lambda pk: pk.gb)
         ratio = score_s / b / one_pass

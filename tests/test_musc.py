@@ -226,6 +226,9 @@ def test_the_pass_runs_in_chunks_and_gives_the_results_of_one_pass(detector, mon
         np.testing.assert_allclose(b.anomaly_map, a.anomaly_map, atol=1e-5)
     with pytest.raises(musc.MuScError, match="chunk must be at least 1"):
         musc.predict_batch(detector, images, chunk=0)
+    kept = musc.encode(detector, images, chunk=3).features  # only what MuSc scores
+    assert kept.patches == {} and sorted(kept.raw) == list(musc.musc_layers(detector.model.backbone.depth))
+    assert len(kept) == 7 and kept.embedding.shape[0] == 7
 
 
 def test_copies_of_one_image_score_about_zero_everywhere(detector):

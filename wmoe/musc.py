@@ -10,8 +10,8 @@ that it can be checked against the authors' implementation (github.com/xrli-U/Mu
 - `rescore` (RsCIN, "Re-scoring with Constrained Image-level Neighborhood").
 
 `score` runs them on the raw block outputs that the shared backbone pass keeps (`BackboneFeatures.raw`),
-`predictions` turns the result into one `Prediction` per image, and `predict_batch` does both for a
-detector's images with a single backbone pass. Where the authors' code does something the paper does
+`encode` gets them from a detector's backbone (each image once), `predictions` turns the scores into
+one `Prediction` per image, and `predict_batch` does all three. Where the authors' code does something the paper does
 not say, we follow the code (so that published numbers carry over) and say so where it happens.
 """
 
@@ -37,7 +37,7 @@ RADII = (1, 3, 5)  # aggregation degrees r of LNAMD (the paper's and the code's 
 KS = (1, 2, 3)  # RsCIN neighbourhood sizes: the code's list for MVTec AD (VisA: 1, 8, 9)
 INTERVAL = (0.0, 0.3)  # MSM: the fraction [lo, hi) of the sorted per-image distances that is averaged
 DISTANCE_BLOCK = 2**24  # patch distances computed at once (64 MB in fp32): bounds MSM's memory
-ENCODE_CHUNK = 8  # images per backbone call in `predict_batch`
+ENCODE_CHUNK = 8  # images per backbone call in `encode`
 MIN_RANGE = 1e-2  # smallest batch score range that is stretched to 0..1 (see `normalise`)
 
 
@@ -231,7 +231,7 @@ def predictions(
     hi: float = INTERVAL[1],
     ks: Sequence[int] = KS,
 ) -> list[Prediction]:
-    """One `Prediction` per image of a batch encoded with `raw=musc_layers(...)` (see `predict_batch`).
+    """One `Prediction` per image of a batch from `encode` (or any pass with `raw=musc_layers(...)`).
 
     anomaly_map: the batch-normalised map (`normalise`), upsampled to the image's size with
     `align_corners=True` as the code does; score: the re-scored maximum on the same scale; layer_maps:
@@ -264,19 +264,10 @@ def predictions(
     ]
 
 
-def predict_batch(
-    detector: Detector,
-    images: Sequence[ImageInput],
-    class_name: str = DEFAULT_CLASS,
-    *,
-    chunk: int = ENCODE_CHUNK,
-    **options,
-) -> list[Prediction]:
-    """MuSc on images of one kind of object, each through the detector's backbone once, `chunk` images per
-    call (the pass's activations stay those of `chunk` images however large the batch); only what MuSc
-    scores is kept: the raw block outputs and the global embeddings. `options` as in `predictions`. Too
-    few images fail before the backbone runs."""
-    require_images(len(images), options.get("lo", INTERVAL[0]), options.get("hi", INTERVAL[1]))
+def encode(detector: Detector, images: Sequence[ImageInput], chunk: int = ENCODE_CHUNK) -> EncodedBatch:
+    """What MuSc scores, from one pass of the detector's backbone per image, `chunk` images per call (the
+    pass's activations stay those of `chunk` images however large the batch): the raw block outputs of
+    `musc_layers` and the global embeddings, nothing else (no tapped layers)."""
     if chunk < 1:
         raise MuScError(f"chunk must be at least 1 image, got {chunk}")
     raw = musc_layers(detector.model.backbone.depth)
@@ -285,16 +276,24 @@ def predict_batch(
     for part in parts:
         for stage, seconds in part.timings.items():
             timings[stage] = timings.get(stage, 0.0) + seconds
-    encoded = EncodedBatch(
-        BackboneFeatures.cat([part.features for part in parts]),
-        [size for part in parts for size in part.sizes],
-        parts[0].backbone,
-        parts[0].device,
-        parts[0].dtype,
-        timings,
-    )
-    del parts
-    return predictions(encoded, class_name, **options)
+    first = parts[0]
+    features = BackboneFeatures.cat([part.features for part in parts])
+    sizes = [size for part in parts for size in part.sizes]
+    return EncodedBatch(features, sizes, first.backbone, first.device, first.dtype, timings)
+
+
+def predict_batch(
+    detector: Detector,
+    images: Sequence[ImageInput],
+    class_name: str = DEFAULT_CLASS,
+    *,
+    chunk: int = ENCODE_CHUNK,
+    **options,
+) -> list[Prediction]:
+    """MuSc on images of one kind of object: `encode` (each image through the backbone once, `chunk` at a
+    time), then `predictions`; `options` as in `predictions`. Too few images fail before the backbone."""
+    require_images(len(images), options.get("lo", INTERVAL[0]), options.get("hi", INTERVAL[1]))
+    return predictions(encode(detector, images, chunk), class_name, **options)
 
 
 def _check_interval(lo: float, hi: float):
