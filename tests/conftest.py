@@ -46,9 +46,9 @@ def backbone_images(monkeypatch) -> list[int]:
 
     calls, real = [], Backbone.encode_image
 
-    def counted(self, images, layers=None):
+    def counted(self, images, *args, **kwargs):
         calls.append(images.shape[0])
-        return real(self, images, layers)
+        return real(self, images, *args, **kwargs)
 
     monkeypatch.setattr(Backbone, "encode_image", counted)
     return calls

@@ -13,7 +13,6 @@ from training.prepare_data import prepare
 from training.synthetic import generate
 from wmoe import Detector, WinCLIP, WMoEConfig, musc
 from wmoe import metrics as M
-from wmoe.backbone import Backbone
 from wmoe.errors import WMoEError
 
 
@@ -34,19 +33,6 @@ def image_scores(monkeypatch) -> list[list[float]]:
 
     monkeypatch.setattr(M, "compute_all", spy)
     return seen
-
-
-@pytest.fixture
-def passes(monkeypatch) -> list[int]:
-    """The batch size of every pass through a backbone's image tower."""
-    calls, real = [], Backbone.encode_image
-
-    def counted(self, images, *args, **kwargs):
-        calls.append(images.shape[0])
-        return real(self, images, *args, **kwargs)
-
-    monkeypatch.setattr(Backbone, "encode_image", counted)
-    return calls
 
 
 def class_paths(data) -> dict[str, list]:
@@ -77,7 +63,9 @@ def test_each_training_free_method_writes_the_checkpoints_reports(
     assert f"{E.METHODS[method]} (wmoe-tiny) on" in (tmp_path / method / "results.md").read_text()
 
 
-def test_musc_scores_each_class_as_one_batch(two_class_data, tmp_path, passes, image_scores, monkeypatch):
+def test_musc_scores_each_class_as_one_batch(
+    two_class_data, tmp_path, backbone_images, image_scores, monkeypatch
+):
     batches, real = [], musc.score
 
     def spy(features, *args, **kwargs):
@@ -89,15 +77,15 @@ def test_musc_scores_each_class_as_one_batch(two_class_data, tmp_path, passes, i
     assert run(two_class_data, out, "--method", "musc", "--backbone", "wmoe-tiny", "--batch-size", "3") == 0
     sizes = [len(v) for v in class_paths(two_class_data).values()]
     assert batches == sizes == [8, 8]  # each class scored once, all its images together
-    assert passes == [3, 3, 2, 3, 3, 2]  # the backbone in chunks of --batch-size, once per image
+    assert backbone_images == [3, 3, 2, 3, 3, 2]  # the backbone in chunks of --batch-size, once per image
     assert json.loads((out / "metrics.json").read_text())["musc_ks"] == list(musc.KS)
     # the same image scores as the library's MuSc on each class's images at once
-    passes.clear()
+    backbone_images.clear()
     detector = Detector.training_free(like=WMoEConfig.tiny(), device="cpu")
     for paths, scores in zip(class_paths(two_class_data).values(), image_scores, strict=True):
         expected = [p.score for p in musc.predict_batch(detector, paths)]
         assert scores == pytest.approx(expected, abs=1e-5)
-    assert passes == [8, 8]
+    assert backbone_images == [8, 8]
 
 
 def test_winclip_and_winclip_plus_are_the_librarys(two_class_data, tmp_path, image_scores):
@@ -144,15 +132,15 @@ def test_clip_with_shots_is_the_reference_map_alone(two_class_data, tmp_path, im
         (["--method", "clip", "--backbone", "no-such-model"], "unknown backbone 'no-such-model'"),
     ],
 )
-def test_bad_combinations_fail_clearly(two_class_data, tmp_path, capsys, passes, argv, message):
+def test_bad_combinations_fail_clearly(two_class_data, tmp_path, capsys, backbone_images, argv, message):
     assert run(two_class_data, tmp_path / "out", *argv) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: ") and message in err and "Traceback" not in err
-    assert passes == [] and not (tmp_path / "out").exists()
+    assert backbone_images == [] and not (tmp_path / "out").exists()
     assert issubclass(E.MethodError, WMoEError)
 
 
-def test_musc_with_a_small_class_fails_before_the_backbone(tmp_path, capsys, passes):
+def test_musc_with_a_small_class_fails_before_the_backbone(tmp_path, capsys, backbone_images):
     data = tmp_path / "data"
     generate(data, ["tile:dots"], n_train_good=0, n_test_good=2, n_test_defect_per_type=1, size=48)
     prepare("mvtec", data)
@@ -162,18 +150,18 @@ def test_musc_with_a_small_class_fails_before_the_backbone(tmp_path, capsys, pas
     assert run(data, tmp_path / "out", "--method", "musc", "--backbone", "wmoe-tiny") == 2
     err = capsys.readouterr().err
     assert "class 'tile'" in err and f"at least {musc.min_images()} images" in err
-    assert passes == []
+    assert backbone_images == []
 
 
 def test_clip_reads_the_feature_cache_a_checkpoint_on_its_backbone_filled(
-    two_class_data, tiny_checkpoint, tmp_path, passes
+    two_class_data, tiny_checkpoint, tmp_path, backbone_images
 ):
     """Plain CLIP taps what the checkpoint taps on the same backbone: reproduce's CLIP stage costs no pass."""
     cache = ["--feature-cache", str(tmp_path / "cache")]
     assert run(two_class_data, tmp_path / "wmoe", "--checkpoint", str(tiny_checkpoint), *cache) == 0
-    assert sum(passes) == 16
-    passes.clear()
+    assert sum(backbone_images) == 16
+    backbone_images.clear()
     assert run(two_class_data, tmp_path / "clip", "--method", "clip", "--backbone", "wmoe-tiny", *cache) == 0
-    assert passes == []
+    assert backbone_images == []
     counts = json.loads((tmp_path / "clip" / "metrics.json").read_text())["feature_cache"]
     assert counts["hits"] == 16 and counts["computed"] == 0

@@ -8,7 +8,6 @@ import pytest
 import torch
 
 from wmoe import Detector, WMoECLIP, WMoEConfig, WMoEError, musc
-from wmoe.backbone import Backbone
 from wmoe.features import BackboneFeatures, FeatureMismatchError
 from wmoe.preprocess import load_image, to_tensor
 
@@ -28,17 +27,6 @@ def with_patch(image: np.ndarray, seed: int = 9) -> np.ndarray:
     out = image.copy()
     out[20:36, 20:36] = np.random.default_rng(seed).integers(0, 255, (16, 16, 3), dtype=np.uint8)
     return out
-
-
-def counted_passes(monkeypatch) -> list:
-    calls, real = [], Backbone.encode_image
-
-    def counted(self, images, *a, **k):
-        calls.append(images.shape[0])
-        return real(self, images, *a, **k)
-
-    monkeypatch.setattr(Backbone, "encode_image", counted)
-    return calls
 
 
 # LNAMD
@@ -144,8 +132,8 @@ def test_rescoring_equal_scores_gives_zeros_not_nan():
 # the shared pass: raw block outputs
 
 
-def test_raw_tokens_are_the_block_outputs_of_the_same_pass(detector, monkeypatch):
-    calls = counted_passes(monkeypatch)
+def test_raw_tokens_are_the_block_outputs_of_the_same_pass(detector, backbone_images):
+    calls = backbone_images
     encoded = detector.encode([picture(0), picture(1)], raw=(2, 4))
     assert calls == [2] and sorted(encoded.features.raw) == [2, 4]
     bb = detector.model.backbone
@@ -196,8 +184,8 @@ def test_raw_outputs_travel_with_item_cat_select_and_the_feature_cache(detector,
 # the method end to end on the tiny random backbone
 
 
-def test_a_pasted_foreign_patch_stands_out(detector, monkeypatch):
-    calls = counted_passes(monkeypatch)
+def test_a_pasted_foreign_patch_stands_out(detector, backbone_images):
+    calls = backbone_images
     base = picture(0)
     images = [base] * 3 + [with_patch(base)] + [base] * 2
     preds = musc.predict_batch(detector, images, "part")
@@ -213,11 +201,11 @@ def test_a_pasted_foreign_patch_stands_out(detector, monkeypatch):
     assert max(preds[0].anomaly_map.max(), preds[5].anomaly_map.max()) < 0.05
 
 
-def test_the_pass_runs_in_chunks_and_gives_the_results_of_one_pass(detector, monkeypatch):
+def test_the_pass_runs_in_chunks_and_gives_the_results_of_one_pass(detector, backbone_images):
     """Each image through the backbone once, `chunk` at a time (memory: the activations of a chunk), with
     the results of the whole batch in one call."""
     images = [picture(s) for s in range(6)] + [with_patch(picture(0))]
-    calls = counted_passes(monkeypatch)
+    calls = backbone_images
     whole = musc.predict_batch(detector, images, chunk=len(images))
     chunked = musc.predict_batch(detector, images, chunk=3)
     assert calls == [7, 3, 3, 1]
@@ -247,8 +235,8 @@ def test_permuting_the_batch_permutes_the_results(detector):
         np.testing.assert_allclose(moved[j].anomaly_map, preds[i].anomaly_map, atol=1e-5)
 
 
-def test_fewer_images_than_the_minimum_fail_before_the_backbone(detector, monkeypatch):
-    calls = counted_passes(monkeypatch)
+def test_fewer_images_than_the_minimum_fail_before_the_backbone(detector, backbone_images):
+    calls = backbone_images
     with pytest.raises(musc.MuScError, match="at least 5 images.*got 4"):
         musc.predict_batch(detector, [picture(0)] * 4)
     assert calls == []
