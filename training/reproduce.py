@@ -183,32 +183,16 @@ def evaluate_stage(
     name: str, recipe: dict, h: str, out: Path, data: Path, stages: Stages, progress: bool
 ) -> list[Path]:
     """Evaluate one checkpoint on its datasets with each number of shots; returns the metrics.json files."""
-    run, written = out / name, []
-    ev = recipe.get("eval") or {}
-    for d in ev["datasets"]:
-        meta = data / d["name"] / d.get("meta", "meta.json")
-        for k in SHOTS:
-            if k and not shot_pool_ok(meta, k):
-                print(
-                    f"{name}: {d['name']} lists fewer than {k} normal training images per class: no {k}-shot run"
-                )
-                continue
-            key, dest = f"eval:{name}/{d['name']}/{k}", run / "eval" / d["name"] / f"{k}-shot"
-            hk = digest(h, meta.read_bytes(), str(k), str(SHOT_SEED))
-            if not (stages.done(key, hk) and (dest / "metrics.json").is_file()):
-                argv = [
-                    "--checkpoint", str(run), "--data", str(data / d["name"]), "--meta", d.get("meta", "meta.json"),
-                    "--out", str(dest), "--shots", str(k), "--shot-seed", str(SHOT_SEED),
-                    "--feature-cache", str(out / FEATURES), "--device", str(recipe.get("device", "auto")),
-                    "--precision", str(recipe.get("precision", "auto")),
-                    "--batch-size", str(ev.get("batch_size", 32)), "--map-size", str(ev.get("map_size", 0)),
-                ]  # fmt: skip
-                if evaluate.main(argv + ([] if progress else ["--no-progress"])) != EXIT_OK:
-                    raise ReproduceError(
-                        f"evaluating {name} on {d['name']} ({protocol(k)}) failed (see above)"
-                    )
-                stages.mark(key, hk, "done")
-            written.append(dest / "metrics.json")
+    run, written, settings = out / name, [], eval_settings(recipe)
+    for d in (recipe.get("eval") or {})["datasets"]:
+        meta_name = d.get("meta", "meta.json")
+        meta = data / d["name"] / meta_name
+        for k in shot_counts(name, d["name"], meta, SHOTS):
+            argv = ["--checkpoint", str(run), "--data", str(data / d["name"]), "--meta", meta_name]
+            argv += ["--feature-cache", str(out / FEATURES), *settings_args(settings, k)]
+            key, hk = f"eval:{name}/{d['name']}/{k}", digest(h, meta.read_bytes(), str(k), str(SHOT_SEED))
+            dest, what = run / "eval" / d["name"] / f"{k}-shot", f"{name} on {d['name']} ({protocol(k)})"
+            written.append(evaluation(argv, dest, key, hk, stages, progress, what))
     return written
 
 
@@ -228,34 +212,51 @@ def training_free_stage(
     run, written = out / TRAINING_FREE / method, []
     for name in datasets:
         meta = data / name / "meta.json"
-        for k in TRAINING_FREE_METHODS[method]:
-            if k and not shot_pool_ok(meta, k):
-                print(
-                    f"{method}: {name} lists fewer than {k} normal training images per class: no {k}-shot run"
-                )
-                continue
+        for k in shot_counts(method, name, meta, TRAINING_FREE_METHODS[method]):
             ks = MUSC_KS.get(name, musc.KS) if method == "musc" else ()
+            argv = ["--method", method, "--data", str(data / name), *settings_args(settings, k)]
+            argv += ["--backbone", backbone] if backbone else []
+            argv += ["--musc-ks", *map(str, ks)] if ks else []
+            argv += [] if method == "winclip" else ["--feature-cache", str(out / FEATURES)]
             key, dest = f"free:{method}/{name}/{k}", run / "eval" / name / f"{k}-shot"
             h = digest(
                 method, str(backbone), meta.read_bytes(), str(k), str(SHOT_SEED), str(ks), str(settings)
             )
-            if not (stages.done(key, h) and (dest / "metrics.json").is_file()):
-                argv = [
-                    "--method", method, "--data", str(data / name), "--out", str(dest),
-                    "--shots", str(k), "--shot-seed", str(SHOT_SEED),
-                    "--device", str(settings["device"]), "--precision", str(settings["precision"]),
-                    "--batch-size", str(settings["batch_size"]), "--map-size", str(settings["map_size"]),
-                ]  # fmt: skip
-                argv += ["--backbone", backbone] if backbone else []
-                argv += ["--musc-ks", *map(str, ks)] if ks else []
-                argv += [] if method == "winclip" else ["--feature-cache", str(out / FEATURES)]
-                if evaluate.main(argv + ([] if progress else ["--no-progress"])) != EXIT_OK:
-                    raise ReproduceError(
-                        f"evaluating {method} on {name} ({protocol(k)}) failed (see above); run again to resume"
-                    )
-                stages.mark(key, h, "done")
-            written.append(dest / "metrics.json")
+            what = f"{method} on {name} ({protocol(k)})"
+            written.append(evaluation(argv, dest, key, h, stages, progress, what))
     return written
+
+
+def shot_counts(who: str, dataset: str, meta: Path, counts) -> list[int]:
+    """The numbers of shots that dataset's training images allow (each skipped one is said)."""
+    allowed = []
+    for k in counts:
+        if k and not shot_pool_ok(meta, k):
+            print(f"{who}: {dataset} lists fewer than {k} normal training images per class: no {k}-shot run")
+        else:
+            allowed.append(k)
+    return allowed
+
+
+def settings_args(settings: dict, shots: int) -> list[str]:
+    """`training.evaluate`'s options for `eval_settings` and a number of shots (with the fixed shot seed)."""
+    return [
+        "--shots", str(shots), "--shot-seed", str(SHOT_SEED),
+        "--device", str(settings["device"]), "--precision", str(settings["precision"]),
+        "--batch-size", str(settings["batch_size"]), "--map-size", str(settings["map_size"]),
+    ]  # fmt: skip
+
+
+def evaluation(
+    argv: list[str], dest: Path, key: str, h: str, stages: Stages, progress: bool, what: str
+) -> Path:
+    """One `training.evaluate` run into `dest`, skipped when its stage is done with this hash and its
+    metrics.json is there; returns that metrics.json."""
+    if not (stages.done(key, h) and (dest / "metrics.json").is_file()):
+        if evaluate.main([*argv, "--out", str(dest)] + ([] if progress else ["--no-progress"])) != EXIT_OK:
+            raise ReproduceError(f"evaluating {what} failed (see above); run again to resume")
+        stages.mark(key, h, "done")
+    return dest / "metrics.json"
 
 
 def eval_settings(recipe: dict) -> dict:
