@@ -41,23 +41,14 @@ class BackboneFeatures:
 
     def taps(self, layers: Sequence[int]) -> list[torch.Tensor]:
         """The patch tokens of these blocks, in this order; a clear error when one was not tapped."""
-        missing = sorted(set(layers) - set(self.patches))
-        if missing:
-            raise FeatureMismatchError(
-                f"these features tap blocks {list(self.layers)}; the model needs {list(layers)} "
-                f"(missing {missing}): encode with the union of the layers every model needs"
-            )
-        return [self.patches[k] for k in layers]
+        have = f"these features tap blocks {list(self.layers)}; the model needs {list(layers)}"
+        return _pick(self.patches, layers, have, "encode with the union of the layers every model needs")
 
     def raw_taps(self, layers: Sequence[int]) -> list[torch.Tensor]:
         """The raw block outputs of these blocks, in this order; a clear error when one was not kept."""
-        missing = sorted(set(layers) - set(self.raw))
-        if missing:
-            raise FeatureMismatchError(
-                f"these features keep the raw outputs of blocks {sorted(self.raw)}; the method needs "
-                f"{list(layers)} (missing {missing}): encode with raw=... naming them"
-            )
-        return [self.raw[k] for k in layers]
+        have = f"these features keep the raw outputs of blocks {sorted(self.raw)}"
+        have += f"; the method needs {list(layers)}"
+        return _pick(self.raw, layers, have, "encode with raw=... naming them")
 
     def to(
         self, device: torch.device | str | None = None, dtype: torch.dtype | None = None
@@ -112,3 +103,11 @@ class BackboneFeatures:
             first.image_size,
             {k: torch.cat([p.raw[k] for p in parts]) for k in first.raw},
         )
+
+
+def _pick(store: dict[int, torch.Tensor], layers: Sequence[int], have: str, fix: str) -> list[torch.Tensor]:
+    """store[k] for each of `layers`, in order, or FeatureMismatchError naming what is missing and the fix."""
+    missing = sorted(set(layers) - set(store))
+    if missing:
+        raise FeatureMismatchError(f"{have} (missing {missing}): {fix}")
+    return [store[k] for k in layers]

@@ -11,8 +11,9 @@ that it can be checked against the authors' implementation (github.com/xrli-U/Mu
 
 `score` runs them on the raw block outputs that the shared backbone pass keeps (`BackboneFeatures.raw`),
 `encode` gets them from a detector's backbone (each image once), `predictions` turns the scores into
-one `Prediction` per image, and `predict_batch` does all three. Where the authors' code does something the paper does
-not say, we follow the code (so that published numbers carry over) and say so where it happens.
+one `Prediction` per image, and `predict_batch` does all three. Where the authors' code does something
+the paper does not say, we follow the code (so that published numbers carry over) and say so where it
+happens.
 """
 
 from __future__ import annotations
