@@ -55,6 +55,14 @@ def parser(description: str, reps: int) -> argparse.ArgumentParser:
     return p
 
 
+def batch_list(p: argparse.ArgumentParser, text: str) -> list[int]:
+    """'8,16,32' -> [8, 16, 32] (sorted, each once; '' -> []), or a clear usage error."""
+    try:
+        return sorted({int(b) for b in text.split(",") if b.strip()})
+    except ValueError:
+        p.error(f"--batches must be comma-separated integers, got {text!r}")
+
+
 def dtype_list(p: argparse.ArgumentParser, text: str) -> list[str]:
     """'fp32,bf16' -> ['fp32', 'bf16'], or a clear usage error."""
     names = [d.strip() for d in text.split(",") if d.strip()]

@@ -86,10 +86,7 @@ def main(argv=None):
     p.add_argument("--msm-images", type=int, default=6 if common.QUICK else 100, help="0 skips the msm line")
     args = p.parse_args(argv)
     device = common.setup(args)
-    try:
-        batches = sorted({int(b) for b in args.batches.split(",") if b.strip()})
-    except ValueError:
-        p.error(f"--batches must be comma-separated integers, got {args.batches!r}")
+    batches = common.batch_list(p, args.batches)
     if batches and batches[0] < musc.min_images():
         p.error(f"--batches needs sizes of at least {musc.min_images()} (MuSc's minimum)")
     load_start = os.getloadavg()[0]

@@ -27,10 +27,7 @@ def main(argv=None):
     p.add_argument("--batches", default="1,4,8", help="comma-separated batch sizes")
     args = p.parse_args(argv)
     device = common.setup(args)
-    try:
-        batches = sorted({int(b) for b in args.batches.split(",") if b.strip()})
-    except ValueError:
-        p.error(f"--batches must be comma-separated integers, got {args.batches!r}")
+    batches = common.batch_list(p, args.batches)
     if not batches or batches[0] < 1:
         p.error("--batches needs at least one size, each at least 1")
     load_start = os.getloadavg()[0]
